@@ -1,1 +1,305 @@
-fn main(){}
+//! The `shmshim` command: run programs under the shim, list and remove segments,
+//! and (internally) serve as the keeper.
+
+use shmshim::{keeper, process, registry, shm};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{exit, Command};
+
+const USAGE: &str = "\
+usage: shmshim <command> [args]
+
+commands:
+  run [--] PROGRAM [ARGS...]   run PROGRAM with System V shared memory served by shmshim
+  run                          run the built-in demo (unrelated processes share a segment by key)
+  ls                           list the namespace's segments (like `ipcs -m`)
+  rm ID... | rm --key KEY...   remove segments (like `ipcrm -m` / `ipcrm -M`)
+  check                        verify the registry's invariants
+  keeper --dir DIR [--daemon]  serve a namespace's segment memory (started automatically)
+
+environment: SHMSHIM_DIR (namespace directory), SHMSHIM_LIB (library to preload),
+SHMSHIM_LOG, SHMSHIM_SHMMAX / SHMSHIM_SHMALL / SHMSHIM_SHMMNI (limits); see README.md.
+";
+
+fn die(msg: &str) -> ! {
+    eprintln!("shmshim: {msg}");
+    exit(2)
+}
+
+/// The preload library: $SHMSHIM_LIB, else libshmshim.so beside this binary.
+fn library() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHMSHIM_LIB").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("cannot locate myself: {e}")));
+    let dir = exe.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+    for cand in [dir.join("libshmshim.so"), dir.join("../lib/libshmshim.so")] {
+        if cand.is_file() {
+            return cand.canonicalize().unwrap_or(cand);
+        }
+    }
+    die(&format!(
+        "libshmshim.so not found beside {}; build it with `cargo build --release` or set SHMSHIM_LIB",
+        exe.display()
+    ))
+}
+
+/// LD_PRELOAD with the shim first, whatever the environment already holds.
+fn preload_value(lib: &std::path::Path) -> OsString {
+    let mut v = OsString::from(lib.as_os_str());
+    if let Some(old) = std::env::var_os("LD_PRELOAD") {
+        for part in old.to_string_lossy().split([':', ' ']) {
+            if !part.is_empty() && !part.ends_with("libshmshim.so") {
+                v.push(":");
+                v.push(part);
+            }
+        }
+    }
+    v
+}
+
+fn cmd_run(args: &[String]) -> ! {
+    let args: Vec<&String> = args.iter().skip_while(|a| a.as_str() == "--").collect();
+    let lib = library();
+    if args.is_empty() {
+        demo(&lib);
+    }
+    let err = Command::new(args[0]).args(&args[1..]).env("LD_PRELOAD", preload_value(&lib)).exec();
+    eprintln!("shmshim: cannot run {}: {err}", args[0]);
+    exit(127)
+}
+
+const DEMO_KEY: i32 = 0x5348_4d44; // "SHMD"
+
+/// The built-in demo: a writer process creates a segment by key, writes, and exits;
+/// a separate reader process finds it by key and reads it back; then it is removed.
+fn demo(lib: &std::path::Path) -> ! {
+    let me = std::env::current_exe().unwrap();
+    let dir = std::env::var_os("SHMSHIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("shmshim-demo-{}", std::process::id())));
+    let own_dir = std::env::var_os("SHMSHIM_DIR").is_none();
+    println!("shmshim demo: namespace {}", dir.display());
+    let step = |what: &str| {
+        let st = Command::new(&me)
+            .args(["demo-step", what])
+            .env("SHMSHIM_DIR", &dir)
+            .env("LD_PRELOAD", preload_value(lib))
+            .status()
+            .unwrap_or_else(|e| die(&format!("demo: {e}")));
+        if !st.success() {
+            die(&format!("demo step `{what}` failed"));
+        }
+    };
+    step("write");
+    step("read");
+    step("remove");
+    if own_dir {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!("shmshim demo: ok");
+    exit(0)
+}
+
+fn demo_step(what: &str) -> i32 {
+    let pid = std::process::id();
+    // These calls go through the shim's C ABI exactly as a C program's would.
+    match what {
+        "write" => {
+            let id = shmshim::hooks::shmget(DEMO_KEY, 4096, 0o1000 | 0o600);
+            if id < 0 {
+                eprintln!("demo write: shmget failed: {}", std::io::Error::last_os_error());
+                return 1;
+            }
+            let p = shmshim::hooks::shmat(id, std::ptr::null(), 0) as *mut u8;
+            if p as isize == -1 {
+                return 1;
+            }
+            let msg = format!("hello from pid {pid}\0");
+            // SAFETY: p maps at least 4096 writable bytes of the segment.
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len()) };
+            shmshim::hooks::shmdt(p as *const _);
+            println!("[writer pid {pid}] created key {DEMO_KEY:#x} as id {id}, wrote {:?}, exiting", msg.trim_end_matches('\0'));
+            0
+        }
+        "read" => {
+            let id = shmshim::hooks::shmget(DEMO_KEY, 0, 0);
+            if id < 0 {
+                eprintln!("demo read: segment not found: {}", std::io::Error::last_os_error());
+                return 1;
+            }
+            let p = shmshim::hooks::shmat(id, std::ptr::null(), libc::SHM_RDONLY) as *const u8;
+            if p as isize == -1 {
+                return 1;
+            }
+            // SAFETY: p maps 4096 readable bytes; the writer left a NUL-terminated string.
+            let s = unsafe { std::ffi::CStr::from_ptr(p as *const libc::c_char) }.to_string_lossy().into_owned();
+            shmshim::hooks::shmdt(p as *const _);
+            println!("[reader pid {pid}] found key {DEMO_KEY:#x} as id {id}, read {s:?}");
+            if s.starts_with("hello from pid") {
+                0
+            } else {
+                1
+            }
+        }
+        "remove" => {
+            let id = shmshim::hooks::shmget(DEMO_KEY, 0, 0);
+            let r = shmshim::hooks::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            println!("[remover pid {pid}] IPC_RMID id {id}: {}", if r == 0 { "removed" } else { "failed" });
+            if r == 0 {
+                0
+            } else {
+                1
+            }
+        }
+        _ => 2,
+    }
+}
+
+fn open_registry() -> &'static registry::Registry {
+    process::registry().unwrap_or_else(|_| die("the namespace's registry cannot be used (see the message above)"))
+}
+
+fn cmd_ls() -> i32 {
+    let reg = open_registry();
+    println!("\n------ Shared Memory Segments --------");
+    println!("{:<10} {:<10} {:<10} {:<10} {:<10} {:<10} {:<12}", "key", "shmid", "owner", "perms", "bytes", "nattch", "status");
+    for s in shm::list_segments(reg) {
+        let owner = user_name(s.uid);
+        let mut status = String::new();
+        if s.mode & registry::SHM_DEST != 0 {
+            status.push_str("dest ");
+        }
+        if s.mode & registry::SHM_LOCKED != 0 {
+            status.push_str("locked ");
+        }
+        println!(
+            "0x{:08x} {:<10} {:<10} {:<10o} {:<10} {:<10} {:<12}",
+            s.key as u32,
+            s.id,
+            owner,
+            s.mode & 0o777,
+            s.segsz,
+            s.nattch,
+            status
+        );
+    }
+    println!();
+    0
+}
+
+fn user_name(uid: u32) -> String {
+    // SAFETY: getpwuid returns NULL or a pointer to a static record we read at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() {
+            uid.to_string()
+        } else {
+            std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn parse_num(s: &str) -> Option<i64> {
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+fn cmd_rm(args: &[String]) -> i32 {
+    if args.is_empty() {
+        die("rm: give segment ids, or --key KEY");
+    }
+    let mut by_key = false;
+    let mut status = 0;
+    for a in args {
+        if a == "--key" || a == "-M" {
+            by_key = true;
+            continue;
+        }
+        if a == "-m" {
+            by_key = false;
+            continue;
+        }
+        let Some(n) = parse_num(a) else {
+            eprintln!("shmshim rm: {a}: not a number");
+            status = 1;
+            continue;
+        };
+        let id = if by_key {
+            let id = shmshim::hooks::shmget(n as i32, 0, 0);
+            if id < 0 {
+                eprintln!("shmshim rm: key {a}: {}", std::io::Error::last_os_error());
+                status = 1;
+                continue;
+            }
+            id
+        } else {
+            n as i32
+        };
+        if shmshim::hooks::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) != 0 {
+            eprintln!("shmshim rm: id {id}: {}", std::io::Error::last_os_error());
+            status = 1;
+        }
+    }
+    status
+}
+
+fn cmd_check() -> i32 {
+    let reg = open_registry();
+    shm::reap_dead(reg);
+    let g = reg.lock();
+    match g.check_invariants() {
+        Ok(()) => {
+            println!("registry {}: ok ({} segments)", reg.path.display(), g.hdr().in_use);
+            0
+        }
+        Err(e) => {
+            println!("registry {}: {e}", reg.path.display());
+            1
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(cmd) = args.get(1) else {
+        eprint!("{USAGE}");
+        exit(2)
+    };
+    let rest = &args[2..];
+    let code = match cmd.as_str() {
+        "run" => cmd_run(rest),
+        "ls" => cmd_ls(),
+        "rm" => cmd_rm(rest),
+        "check" => cmd_check(),
+        "demo-step" => demo_step(rest.first().map(|s| s.as_str()).unwrap_or("")),
+        "keeper" => {
+            let mut dir = None;
+            let mut daemon = false;
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--dir" => dir = it.next().map(PathBuf::from),
+                    "--daemon" => daemon = true,
+                    _ => die(&format!("keeper: unknown argument {a}")),
+                }
+            }
+            let dir = dir.unwrap_or_else(|| shmshim::config::get().dir.clone());
+            if daemon {
+                keeper::daemonize();
+            }
+            keeper::run(&dir)
+        }
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            0
+        }
+        other => die(&format!("unknown command {other:?}; see `shmshim --help`")),
+    };
+    exit(code)
+}

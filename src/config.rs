@@ -1,0 +1,102 @@
+//! Configuration, read once from the environment when the library is loaded (before
+//! a program can rewrite its environment, as PostgreSQL does with its ps display).
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `SHMSHIM_DIR` | namespace directory (registry + keeper socket) |
+//! | `SHMSHIM_SHARED` | `1`: create the directory 01777 and the registry 0666, so several uids share one namespace |
+//! | `SHMSHIM_SHMMAX`, `SHMSHIM_SHMALL`, `SHMSHIM_SHMMNI` | set the namespace's limits (like writing the sysctls) |
+//! | `SHMSHIM_LOG` | `1` or `stderr`: one line per call on stderr; any other value: a file to append to |
+//! | `SHMSHIM_KEEPER` | path of the `shmshim` binary used to start the keeper |
+
+use once_cell::sync::OnceCell;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub dir_from_env: bool,
+    pub shared: bool,
+    pub shmmax: Option<u64>,
+    pub shmall: Option<u64>,
+    pub shmmni: Option<u64>,
+    pub log: Option<String>,
+    pub keeper_bin: Option<PathBuf>,
+}
+
+static CONFIG: OnceCell<Config> = OnceCell::new();
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    env(name).and_then(|v| v.trim().parse().ok())
+}
+
+/// The default, per-user namespace directory: `$XDG_RUNTIME_DIR/shmshim`, else
+/// `/dev/shm/shmshim-UID`, else `$TMPDIR/shmshim-UID`, else `/tmp/shmshim-UID`.
+pub fn default_dir(uid: u32) -> PathBuf {
+    if let Some(x) = env("XDG_RUNTIME_DIR") {
+        let p = PathBuf::from(x);
+        if p.is_dir() {
+            return p.join("shmshim");
+        }
+    }
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        // SAFETY-free check: access(2) through std metadata is enough here.
+        if std::fs::metadata(&shm).map(|m| !m.permissions().readonly()).unwrap_or(false) {
+            return shm.join(format!("shmshim-{uid}"));
+        }
+    }
+    if let Some(t) = env("TMPDIR") {
+        let p = PathBuf::from(t);
+        if p.is_dir() {
+            return p.join(format!("shmshim-{uid}"));
+        }
+    }
+    PathBuf::from(format!("/tmp/shmshim-{uid}"))
+}
+
+impl Config {
+    pub fn from_env() -> Config {
+        let dir_env = env("SHMSHIM_DIR");
+        Config {
+            dir_from_env: dir_env.is_some(),
+            dir: dir_env.map(PathBuf::from).unwrap_or_else(|| default_dir(crate::sys::getuid())),
+            shared: env("SHMSHIM_SHARED").map(|v| v == "1" || v == "yes" || v == "true").unwrap_or(false),
+            shmmax: env_u64("SHMSHIM_SHMMAX"),
+            shmall: env_u64("SHMSHIM_SHMALL"),
+            shmmni: env_u64("SHMSHIM_SHMMNI"),
+            log: env("SHMSHIM_LOG").filter(|v| v != "0"),
+            keeper_bin: env("SHMSHIM_KEEPER").map(PathBuf::from),
+        }
+    }
+}
+
+pub fn get() -> &'static Config {
+    CONFIG.get_or_init(Config::from_env)
+}
+
+/// Captures the environment at load time.
+#[ctor::ctor]
+fn snapshot() {
+    let _ = get();
+}
+
+/// Host limits from /proc/sys/kernel, falling back to the kernel's built-in values (S6).
+pub fn host_limits() -> crate::registry::Limits {
+    const BUILTIN: u64 = u64::MAX - (1 << 24);
+    let rd = |name: &str, dflt: u64| {
+        crate::sys::read_small(&format!("/proc/sys/kernel/{name}"))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(dflt)
+    };
+    let c = get();
+    crate::registry::Limits {
+        shmmax: c.shmmax.unwrap_or_else(|| rd("shmmax", BUILTIN)),
+        shmall: c.shmall.unwrap_or_else(|| rd("shmall", BUILTIN)),
+        shmmni: c.shmmni.unwrap_or_else(|| rd("shmmni", 4096)).min(crate::registry::MAX_SLOTS as u64),
+    }
+}

@@ -1,0 +1,249 @@
+//! The exported C ABI. Each hook converts arguments, calls safe core code in `shm`,
+//! sets errno and logs. Panics never cross into the host program: they become
+//! EINVAL (and a message on stderr).
+//!
+//! Besides the four SysV calls, shmshim interposes:
+//! - `munmap`, `mprotect`, `madvise`, `mremap`: to follow attach fragments
+//!   (S71–S74, S124); they forward to the kernel by raw syscall first;
+//! - `fork`, `_Fork`: so a child's inherited attaches count in nattch as soon as
+//!   fork returns (S118, S126).
+
+use crate::log;
+use crate::process::{self, Reentry, LOCAL, NFRAGS};
+use crate::shm::{self, VmChange};
+use crate::sys::{self, Errno, SysResult};
+use libc::{c_int, c_void, pid_t, size_t};
+use std::sync::atomic::Ordering;
+
+fn guarded<T>(f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
+    let _r = Reentry::enter();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => Err(Errno(libc::EINVAL)),
+    }
+}
+
+fn finish<T: Copy>(r: SysResult<T>, err_val: T) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            sys::set_errno(e.0);
+            err_val
+        }
+    }
+}
+
+/// shmget(2).
+#[no_mangle]
+pub extern "C" fn shmget(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int {
+    let r = guarded(|| shm::shmget(key, size, shmflg));
+    log::call(|| format!("shmget(key={key:#x}, size={size}, flg={shmflg:#o})"), r.map(|v| v as i64));
+    finish(r, -1)
+}
+
+/// shmat(2). Errors return (void *)-1.
+#[no_mangle]
+pub extern "C" fn shmat(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> *mut c_void {
+    let r = guarded(|| shm::do_shmat(shmid, shmaddr as usize, shmflg));
+    log::call(|| format!("shmat(id={shmid}, addr={shmaddr:p}, flg={shmflg:#o})"), r.map(|v| v as i64));
+    finish(r.map(|a| a as *mut c_void), usize::MAX as *mut c_void)
+}
+
+/// shmdt(2).
+#[no_mangle]
+pub extern "C" fn shmdt(shmaddr: *const c_void) -> c_int {
+    let r = guarded(|| shm::shmdt(shmaddr as usize));
+    log::call(|| format!("shmdt(addr={shmaddr:p})"), r.map(|_| 0));
+    finish(r.map(|_| 0), -1)
+}
+
+/// shmctl(2). On x86_64 glibc exports only the default version (S148), which an
+/// unversioned definition interposes.
+#[no_mangle]
+pub extern "C" fn shmctl(shmid: c_int, cmd: c_int, buf: *mut c_void) -> c_int {
+    let r = guarded(|| shm::shmctl(shmid, cmd, buf as usize));
+    log::call(|| format!("shmctl(id={shmid}, cmd={cmd}, buf={buf:p})"), r.map(|v| v as i64));
+    finish(r, -1)
+}
+
+// ------------------------------------------------------------ memory calls
+
+fn raw_result(r: SysResult<()>) -> c_int {
+    finish(r.map(|_| 0), -1)
+}
+
+fn tracking() -> bool {
+    NFRAGS.load(Ordering::Acquire) > 0 && !Reentry::active()
+}
+
+#[no_mangle]
+pub extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    let r = sys::munmap(addr as usize, len);
+    if r.is_ok() && tracking() {
+        let _ = guarded(|| {
+            shm::vm_changed(addr as usize, len, VmChange::Unmap);
+            Ok(())
+        });
+    }
+    raw_result(r)
+}
+
+#[no_mangle]
+pub extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
+    let r = sys::mprotect(addr as usize, len, prot);
+    if r.is_ok() && tracking() {
+        let _ = guarded(|| {
+            shm::vm_changed(addr as usize, len, VmChange::Split(None));
+            Ok(())
+        });
+    }
+    raw_result(r)
+}
+
+#[no_mangle]
+pub extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    // SAFETY: forwards the caller's madvise unchanged to the kernel.
+    let r = unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) };
+    if r == 0 && tracking() {
+        let change = match advice {
+            libc::MADV_DONTFORK => Some(VmChange::Split(Some(true))),
+            libc::MADV_DOFORK => Some(VmChange::Split(Some(false))),
+            libc::MADV_DONTDUMP | libc::MADV_DODUMP => Some(VmChange::Split(None)),
+            _ => None,
+        };
+        if let Some(c) = change {
+            let _ = guarded(|| {
+                shm::vm_changed(addr as usize, len, c);
+                Ok(())
+            });
+        }
+    }
+    r as c_int
+}
+
+/// mremap is variadic in C; on x86_64 the fifth argument arrives in the same
+/// register whether or not the caller passed it, and is read only with MREMAP_FIXED.
+#[no_mangle]
+pub extern "C" fn mremap(old: *mut c_void, old_len: size_t, new_len: size_t, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+    let na = if flags & libc::MREMAP_FIXED != 0 { new_addr as usize } else { 0 };
+    let r = sys::mremap(old as usize, old_len, new_len, flags, na);
+    if let Ok(at) = r {
+        if tracking() {
+            let _ = guarded(|| {
+                shm::vm_remapped(old as usize, old_len, at, new_len);
+                Ok(())
+            });
+        }
+    }
+    finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
+}
+
+// ------------------------------------------------------------ fork
+
+type ForkFn = unsafe extern "C" fn() -> pid_t;
+
+fn real_fn(name: &std::ffi::CStr) -> Option<ForkFn> {
+    // SAFETY: dlsym(RTLD_NEXT) looks up the next definition of a libc function whose
+    // signature is `pid_t (void)`.
+    unsafe {
+        let p = libc::dlsym(libc::RTLD_NEXT, name.as_ptr());
+        if p.is_null() {
+            None
+        } else {
+            Some(std::mem::transmute::<*mut c_void, ForkFn>(p))
+        }
+    }
+}
+
+/// fork with attach inheritance done the kernel's way: before the child exists the
+/// parent claims a proc entry for it through a fresh open file description that the
+/// child inherits, and records the child's fragments (nattch, atime, lpid as in
+/// S118), so nattch has risen by the time fork returns in either process.
+fn forking(real: ForkFn) -> pid_t {
+    // SAFETY (both calls below): calling the real libc fork/_Fork.
+    if Reentry::active() {
+        return unsafe { real() };
+    }
+    let Some(reg) = process::registry_if_open() else { return unsafe { real() } };
+    let mut local = LOCAL.lock();
+    if local.attaches.is_empty() && local.me.is_none() {
+        drop(local);
+        // SAFETY: as above.
+        return unsafe { real() };
+    }
+    let claim = if local.attaches.is_empty() { None } else { process::claim_entry(reg).ok() };
+    if let Some((_, p)) = &claim {
+        let g = reg.lock();
+        process::init_entry(&g, *p, 0);
+        let now = sys::now();
+        let pid = sys::getpid();
+        for a in &local.attaches {
+            let n = a.frags.iter().filter(|f| !f.dontfork).count() as u32;
+            let s = g.slot(a.slot);
+            if n > 0 && s.state == crate::registry::SLOT_USED && s.serial == a.serial {
+                let _ = g.rec_add(*p, a.slot, n);
+                s.atime = now;
+                s.lpid = pid;
+            }
+        }
+    }
+    // SAFETY: the real fork; LOCAL is held so no other thread is mid-update.
+    let pid = unsafe { real() };
+    if pid == 0 {
+        // Child: adopt the pre-claimed entry, drop the parent's liveness descriptor
+        // copy and the attaches fork did not copy (MADV_DONTFORK, S124).
+        match claim {
+            Some((fd, p)) => {
+                local.live_fd = Some(fd);
+                local.me = Some(p);
+                local.pid = sys::getpid();
+                let g = reg.lock();
+                g.proc_entry(p).pid = sys::getpid();
+            }
+            None => {
+                local.live_fd = None;
+                local.me = None;
+            }
+        }
+        for a in local.attaches.iter_mut() {
+            a.frags.retain(|f| !f.dontfork);
+        }
+        local.attaches.retain(|a| !a.frags.is_empty());
+        local.publish_count();
+    } else if let Some((fd, p)) = claim {
+        let g = reg.lock();
+        if pid > 0 {
+            g.proc_entry(p).pid = pid;
+        } else {
+            for s in g.reap_proc(p, sys::now()) {
+                shm::maybe_destroy(&g, s);
+            }
+        }
+        drop(g);
+        drop(fd); // the child now holds the entry's lock alone
+    }
+    drop(local);
+    pid
+}
+
+#[no_mangle]
+pub extern "C" fn fork() -> pid_t {
+    match real_fn(c"fork") {
+        Some(f) => forking(f),
+        None => {
+            sys::set_errno(libc::ENOSYS);
+            -1
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn _Fork() -> pid_t {
+    match real_fn(c"_Fork") {
+        Some(f) => forking(f),
+        None => {
+            sys::set_errno(libc::ENOSYS);
+            -1
+        }
+    }
+}

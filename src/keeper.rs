@@ -1,0 +1,335 @@
+//! The keeper: one small process per namespace that holds every segment's memfd
+//! while no process has it, so a segment outlives its creator (S127).
+//!
+//! Protocol: datagrams on `DIR/keeper.sock` (one queue, so a PUT sent before a GET
+//! is always handled first). Each message is a [`Msg`]:
+//! - `PUT` carries the new segment's memfd (SCM_RIGHTS). The keeper keeps it and
+//!   publishes its own fd number in the slot (`Slot::keeper_fd`), so same-uid
+//!   processes can open `/proc/KEEPER/fd/N` without a round trip.
+//! - `GET` carries one end of a socketpair; the keeper answers on it with the memfd
+//!   (the path for other uids, for whom /proc/KEEPER/fd is closed).
+//! - `DROP` closes the keeper's descriptor of a destroyed segment.
+//!
+//! The keeper never takes the registry lock while a sender might wait on it, and
+//! exits once it holds nothing and the namespace has no segments. It is started by
+//! the library (`spawn`), as `shmshim keeper` with an empty environment (no
+//! LD_PRELOAD) and no inherited descriptors. `DIR/keeper.lock` (flock) makes sure
+//! only one keeper serves a namespace.
+
+use crate::registry::{Registry, SLOT_USED};
+use crate::sys::{self, Errno, SysResult};
+use once_cell::sync::OnceCell;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub const OP_PUT: u32 = 1;
+pub const OP_DROP: u32 = 2;
+pub const OP_GET: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Msg {
+    pub op: u32,
+    pub slot: u32,
+    pub serial: u64,
+    /// GET replies: 0 or an errno.
+    pub err: u32,
+    pub pad: u32,
+}
+
+impl Msg {
+    fn bytes(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&self.op.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.slot.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.serial.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.err.to_ne_bytes());
+        b
+    }
+    fn parse(b: &[u8]) -> Option<Msg> {
+        if b.len() < 24 {
+            return None;
+        }
+        Some(Msg {
+            op: u32::from_ne_bytes(b[0..4].try_into().ok()?),
+            slot: u32::from_ne_bytes(b[4..8].try_into().ok()?),
+            serial: u64::from_ne_bytes(b[8..16].try_into().ok()?),
+            err: u32::from_ne_bytes(b[16..20].try_into().ok()?),
+            pad: 0,
+        })
+    }
+}
+
+pub fn sock_path(dir: &Path) -> PathBuf {
+    dir.join("keeper.sock")
+}
+
+// ------------------------------------------------------------------ client side
+
+static CLIENT: OnceCell<OwnedFd> = OnceCell::new();
+
+fn client() -> SysResult<RawFd> {
+    CLIENT
+        .get_or_try_init(|| sys::socket_dgram().map(crate::process::high_fd))
+        .map(|f| f.as_raw_fd())
+}
+
+/// Sends a message to the namespace's keeper, starting one if none runs.
+pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<()> {
+    let path = sock_path(dir);
+    let sock = client()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut spawned = false;
+    let mut delay = Duration::from_micros(200);
+    loop {
+        match sys::send_with_fds(sock, Some(&path), &msg.bytes(), fds, 0) {
+            Ok(()) => return Ok(()),
+            Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn => {
+                if !spawned {
+                    spawn(dir)?;
+                    spawned = true;
+                }
+            }
+            Err(Errno(libc::EAGAIN)) | Err(Errno(libc::ENOBUFS)) => {}
+            Err(e) => return Err(e),
+        }
+        if Instant::now() > deadline {
+            return Err(Errno(libc::ENOMEM));
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Best-effort notification (DROP): never starts a keeper, never waits.
+pub fn notify(dir: &Path, msg: Msg) {
+    if let Ok(sock) = client() {
+        let _ = sys::send_with_fds(sock, Some(&sock_path(dir)), &msg.bytes(), &[], libc::MSG_DONTWAIT);
+    }
+}
+
+/// Asks the keeper for a segment's descriptor over SCM_RIGHTS.
+pub fn get(dir: &Path, slot: usize, serial: u64) -> SysResult<OwnedFd> {
+    let (mine, theirs) = sys::socketpair_dgram()?;
+    sys::set_rcvtimeo(mine.as_raw_fd(), 5000);
+    send(dir, Msg { op: OP_GET, slot: slot as u32, serial, ..Default::default() }, &[theirs.as_raw_fd()], false)?;
+    drop(theirs);
+    let mut buf = [0u8; 64];
+    let r = sys::recv_with_fds(mine.as_raw_fd(), &mut buf, 0)?;
+    let reply = Msg::parse(&buf[..r.len]).ok_or(Errno(libc::EIO))?;
+    if reply.err != 0 {
+        return Err(Errno(reply.err as i32));
+    }
+    r.fds.into_iter().next().ok_or(Errno(libc::EIO))
+}
+
+/// Where the `shmshim` binary is: $SHMSHIM_KEEPER, else beside this library (or
+/// this executable), else on PATH.
+pub fn keeper_binary() -> Option<PathBuf> {
+    if let Some(p) = &crate::config::get().keeper_bin {
+        return Some(p.clone());
+    }
+    // SAFETY: dladdr only reads the loader's tables for an address in this object.
+    let me = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(keeper_binary as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            Some(PathBuf::from(std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned()))
+        } else {
+            None
+        }
+    };
+    let mut candidates = Vec::new();
+    if let Some(me) = me {
+        if let Some(d) = me.parent() {
+            candidates.push(d.join("shmshim"));
+            candidates.push(d.join("../bin/shmshim"));
+        }
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if exe.file_name().map(|n| n == "shmshim").unwrap_or(false) {
+            candidates.push(exe);
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for d in path.split(':') {
+            candidates.push(Path::new(d).join("shmshim"));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Starts a keeper for `dir` and returns once it was launched (the caller retries
+/// its send until the socket answers).
+pub fn spawn(dir: &Path) -> SysResult<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bin = keeper_binary().ok_or_else(|| {
+        eprintln!("shmshim: cannot find the shmshim binary to start the keeper; set SHMSHIM_KEEPER=/path/to/shmshim");
+        Errno(libc::ENOMEM)
+    })?;
+    let cbin = std::ffi::CString::new(bin.as_os_str().as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+    let cdir = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+    let shared = if crate::config::get().shared { "1" } else { "0" };
+    let args = [c"shmshim".as_ptr(), c"keeper".as_ptr(), c"--daemon".as_ptr(), c"--dir".as_ptr(), cdir.as_ptr(), std::ptr::null()];
+    let env_shared = std::ffi::CString::new(format!("SHMSHIM_SHARED={shared}")).unwrap();
+    let envp = [env_shared.as_ptr(), std::ptr::null()];
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: argv/envp are NULL-terminated arrays of NUL-terminated strings that
+    // outlive the call. posix_spawn runs no atfork handlers and shares no state with
+    // the child beyond the exec; the environment given is empty of LD_PRELOAD.
+    let r = unsafe {
+        libc::posix_spawn(&mut pid, cbin.as_ptr(), std::ptr::null(), std::ptr::null(), args.as_ptr() as *const *mut _, envp.as_ptr() as *const *mut _)
+    };
+    if r != 0 {
+        eprintln!("shmshim: cannot start keeper {}: {}", bin.display(), sys::errno_name(r));
+        return Err(Errno(libc::ENOMEM));
+    }
+    // The launched process forks the daemon and exits at once; reap it.
+    let mut status = 0;
+    // SAFETY: waiting for the child we just started.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Ok(())
+}
+
+// ------------------------------------------------------------------ keeper side
+
+/// Detaches from the caller (fork, setsid) and closes every inherited descriptor.
+pub fn daemonize() {
+    // SAFETY: single-threaded at this point (keeper start-up, right after exec).
+    unsafe {
+        let pid = libc::fork();
+        if pid != 0 {
+            libc::_exit(if pid > 0 { 0 } else { 1 });
+        }
+        libc::setsid();
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        libc::umask(0o077);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Runs the keeper for `dir` until the namespace is empty. Returns the exit code.
+pub fn run(dir: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let lock_path = std::ffi::CString::new(dir.join("keeper.lock").as_os_str().as_bytes()).unwrap();
+    let lock = match sys::open(&lock_path, libc::O_RDWR | libc::O_CREAT, 0o600) {
+        Ok(f) => f,
+        Err(_) => return 1,
+    };
+    // SAFETY: flock on our own descriptor.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return 0; // another keeper serves this namespace
+    }
+    let reg = match Registry::open_or_create(dir, crate::config::host_limits(), crate::config::get().shared) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shmshim keeper: {e}");
+            return 1;
+        }
+    };
+    let path = sock_path(dir);
+    let _ = std::fs::remove_file(&path);
+    let sock = match sys::socket_dgram() {
+        Ok(s) => s,
+        Err(_) => return 1,
+    };
+    if sys::bind(sock.as_raw_fd(), &path).is_err() {
+        return 1;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666));
+    }
+    sys::set_passcred(sock.as_raw_fd());
+    reg.header().keeper_pid.store(sys::getpid(), Ordering::Release);
+
+    let mut held: HashMap<u64, (usize, OwnedFd)> = HashMap::new();
+    let mut last_sweep = Instant::now();
+    loop {
+        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 500) };
+        let mut buf = [0u8; 64];
+        while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+            let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
+            handle(&reg, &mut held, m, r.fds, r.cred);
+        }
+        if last_sweep.elapsed() >= Duration::from_millis(1000) || held.is_empty() {
+            last_sweep = Instant::now();
+            // Reap dead attachers (destroying SHM_DEST segments they held last),
+            // then close descriptors of segments that no longer exist.
+            crate::shm::reap_dead(&reg);
+            let g = reg.lock();
+            held.retain(|&serial, (slot, _)| {
+                let s = g.slot(*slot);
+                s.state == SLOT_USED && s.serial == serial
+            });
+            if held.is_empty() && g.hdr().in_use == 0 && !pending(sock.as_raw_fd()) {
+                let _ = std::fs::remove_file(&path);
+                reg.header().keeper_pid.store(0, Ordering::Release);
+                drop(g);
+                return 0;
+            }
+        }
+    }
+}
+
+fn pending(sock: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: peek one byte into a valid buffer without blocking.
+    unsafe { libc::recv(sock, b.as_mut_ptr() as *mut _, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) >= 0 }
+}
+
+fn handle(reg: &Registry, held: &mut HashMap<u64, (usize, OwnedFd)>, m: Msg, mut fds: Vec<OwnedFd>, cred: Option<libc::ucred>) {
+    match m.op {
+        OP_PUT => {
+            if let Some(fd) = fds.pop() {
+                let n = fd.as_raw_fd();
+                reg.slot_ref(m.slot as usize).keeper_fd.store(((m.serial as u32 as u64) << 32) | n as u32 as u64, Ordering::Release);
+                held.insert(m.serial, (m.slot as usize, fd));
+            }
+        }
+        OP_DROP => {
+            held.remove(&m.serial);
+        }
+        OP_GET => {
+            let Some(reply) = fds.pop() else { return };
+            let mut out = Msg { op: OP_GET, slot: m.slot, serial: m.serial, ..Default::default() };
+            let allowed = cred.map(|c| may_get(reg, m.slot as usize, m.serial, c.uid)).unwrap_or(false);
+            match held.get(&m.serial) {
+                Some((_, fd)) if allowed => {
+                    let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[fd.as_raw_fd()], libc::MSG_DONTWAIT);
+                }
+                _ => {
+                    out.err = if allowed { libc::ENOENT as u32 } else { libc::EACCES as u32 };
+                    let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[], libc::MSG_DONTWAIT);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Coarse check for handing out a descriptor: the shim already applied the exact
+/// SysV permission rules in the asking process; the keeper only refuses uids the
+/// segment's mode excludes entirely.
+fn may_get(reg: &Registry, slot: usize, serial: u64, uid: u32) -> bool {
+    let g = reg.lock();
+    let s = g.slot(slot);
+    if s.state != SLOT_USED || s.serial != serial {
+        return false;
+    }
+    uid == 0 || uid == s.uid || uid == s.cuid || s.mode & 0o077 != 0 || uid == sys::geteuid()
+}

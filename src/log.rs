@@ -1,0 +1,56 @@
+//! `SHMSHIM_LOG`: one line per intercepted call (call, arguments, result, errno
+//! name, pid) on stderr or appended to a file. Off by default; when off, a call
+//! costs one branch.
+
+use crate::sys::{self, Errno};
+use once_cell::sync::OnceCell;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+enum Sink {
+    Off,
+    Stderr,
+    File(OwnedFd),
+}
+
+static SINK: OnceCell<Sink> = OnceCell::new();
+
+fn sink() -> &'static Sink {
+    SINK.get_or_init(|| match crate::config::get().log.as_deref() {
+        None => Sink::Off,
+        Some("1") | Some("stderr") | Some("yes") | Some("true") => Sink::Stderr,
+        Some(path) => std::ffi::CString::new(path)
+            .ok()
+            .and_then(|p| sys::open(&p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644).ok())
+            .map(|fd| Sink::File(crate::process::high_fd(fd)))
+            .unwrap_or(Sink::Stderr),
+    })
+}
+
+pub fn enabled() -> bool {
+    !matches!(sink(), Sink::Off)
+}
+
+/// Logs one call. `what` is only evaluated when logging is on.
+pub fn call(what: impl FnOnce() -> String, r: Result<i64, Errno>) {
+    if !enabled() {
+        return;
+    }
+    let saved = sys::errno();
+    let line = match r {
+        Ok(v) => format!("shmshim[{}]: {} = {}\n", sys::getpid(), what(), v),
+        Err(e) => format!("shmshim[{}]: {} = -1 {}\n", sys::getpid(), what(), e.name()),
+    };
+    write_line(&line);
+    sys::set_errno(saved);
+}
+
+pub fn write_line(line: &str) {
+    let fd = match sink() {
+        Sink::Off => return,
+        Sink::Stderr => 2,
+        Sink::File(f) => f.as_raw_fd(),
+    };
+    // SAFETY: writes a valid byte buffer to a descriptor; a short or failed write
+    // only loses a log line.
+    unsafe { libc::write(fd, line.as_ptr() as *const _, line.len()) };
+}

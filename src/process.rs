@@ -1,0 +1,268 @@
+//! Per-process state: this process's attaches (as mapping fragments, S71–S74), its
+//! cache of segment descriptors, and its entry in the registry's proc table.
+//!
+//! `LOCAL` is taken before the registry lock, never after (see `registry`).
+
+use crate::registry::{RegGuard, Registry, LIVE_BASE, MAX_PROCS};
+use crate::sys::{self, Errno, SysResult};
+use once_cell::sync::OnceCell;
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const PAGE: usize = 4096;
+
+/// One mapping fragment (a VMA of an attach). `pgoff` is the byte offset in the
+/// segment of `addr`.
+#[derive(Clone, Debug)]
+pub struct Frag {
+    pub addr: usize,
+    pub len: usize,
+    pub pgoff: usize,
+    pub dontfork: bool,
+}
+
+/// One shmat: the kernel's per-attach `struct file`.
+#[derive(Clone, Debug)]
+pub struct Attach {
+    pub slot: usize,
+    pub serial: u64,
+    /// PAGE_ALIGN(segsz) (or the huge-page-rounded length): bounds shmdt's search.
+    pub map_len: usize,
+    pub frags: Vec<Frag>,
+}
+
+/// A cached descriptor of a segment, validated by inode before each use.
+pub struct CachedFd {
+    pub serial: u64,
+    pub ino: u64,
+    pub rw: OwnedFd,
+    pub ro: Option<OwnedFd>,
+}
+
+#[derive(Default)]
+pub struct Local {
+    /// Our proc-table entry, once claimed.
+    pub me: Option<usize>,
+    /// Descriptor holding our liveness lock (O_CLOEXEC: exec releases it).
+    pub live_fd: Option<OwnedFd>,
+    pub attaches: Vec<Attach>,
+    pub fds: Vec<CachedFd>,
+    /// Last registry destroy_epoch this process swept its cache at.
+    pub epoch: u64,
+    /// The pid `me` was claimed for: a child made by a raw fork/clone (no hook
+    /// ran) notices it is not that process and claims its own entry.
+    pub pid: i32,
+}
+
+pub static LOCAL: Mutex<Local> = Mutex::new(Local {
+    me: None,
+    live_fd: None,
+    attaches: Vec::new(),
+    fds: Vec::new(),
+    epoch: 0,
+    pid: 0,
+});
+
+/// Number of fragments this process has: lets the munmap/mprotect hooks return at
+/// once in processes without attaches.
+pub static NFRAGS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while this thread runs shim code, so hooks it triggers pass straight through.
+    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as inside the shim for the guard's lifetime.
+pub struct Reentry(bool);
+
+impl Reentry {
+    pub fn enter() -> Reentry {
+        Reentry(IN_SHIM.with(|c| c.replace(true)))
+    }
+    pub fn active() -> bool {
+        IN_SHIM.with(|c| c.get())
+    }
+}
+
+impl Drop for Reentry {
+    fn drop(&mut self) {
+        let prev = self.0;
+        IN_SHIM.with(|c| c.set(prev));
+    }
+}
+
+static REGISTRY: OnceCell<Result<Registry, String>> = OnceCell::new();
+
+fn make_dir(dir: &std::path::Path, shared: bool) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mode = if shared { 0o1777 } else { 0o700 };
+    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
+        Ok(()) => {
+            if shared {
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+            }
+            Ok(())
+        }
+        Err(_) if dir.is_dir() => Ok(()),
+        Err(e) => Err(format!("namespace directory {}: {}", dir.display(), e)),
+    }
+}
+
+/// Opens (or creates) this process's registry once. A registry that cannot be used
+/// is reported on stderr once, naming the file, and every call then fails with
+/// ENOSYS, as if SysV IPC were absent (see README, "Errors").
+pub fn registry() -> SysResult<&'static Registry> {
+    let r = REGISTRY.get_or_init(|| {
+        let cfg = crate::config::get();
+        let res = make_dir(&cfg.dir, cfg.shared)
+            .and_then(|_| Registry::open_or_create(&cfg.dir, crate::config::host_limits(), cfg.shared).map_err(|e| e.to_string()));
+        match res {
+            Ok(reg) => {
+                if cfg.shmmax.is_some() || cfg.shmall.is_some() || cfg.shmmni.is_some() {
+                    reg.set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
+                }
+                Ok(reg)
+            }
+            Err(msg) => {
+                eprintln!("shmshim: {msg}; System V shared memory calls will fail with ENOSYS");
+                Err(msg)
+            }
+        }
+    });
+    r.as_ref().map_err(|_| Errno(libc::ENOSYS))
+}
+
+pub fn registry_if_open() -> Option<&'static Registry> {
+    REGISTRY.get().and_then(|r| r.as_ref().ok())
+}
+
+/// Claims a proc-table entry for this process (once), holding its liveness lock.
+pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
+    let pid = sys::getpid();
+    if let Some(me) = local.me {
+        if local.pid == pid {
+            return Ok(me);
+        }
+        // Raw fork: the entry and its lock belong to our parent.
+        local.me = None;
+        local.live_fd = None;
+        local.attaches.clear();
+        local.publish_count();
+    }
+    let (fd, p) = claim_entry(reg)?;
+    let g = reg.lock();
+    init_entry(&g, p, pid);
+    drop(g);
+    local.live_fd = Some(fd);
+    local.me = Some(p);
+    local.pid = pid;
+    Ok(p)
+}
+
+/// Opens a fresh open file description of the registry and takes the OFD lock of a
+/// free proc entry with it. Any entry whose lock is free belongs to nobody alive.
+pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(reg.path.as_os_str().as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+    let fd = sys::open(&c, libc::O_RDWR, 0)?;
+    let fd = sys::dup_cloexec(fd.as_raw_fd()).map(|d| high_fd(d)).unwrap_or(fd);
+    let start = reg.header().proc_hint as usize % MAX_PROCS;
+    for k in 0..MAX_PROCS {
+        let p = (start + k) % MAX_PROCS;
+        if sys::ofd_trylock(fd.as_raw_fd(), LIVE_BASE + p as u64, 1)? {
+            return Ok((fd, p));
+        }
+    }
+    Err(Errno(libc::ENOSPC))
+}
+
+/// Makes entry `p` ours: records a previous (dead) owner left are detached first.
+pub fn init_entry(g: &RegGuard, p: usize, pid: i32) {
+    let now = sys::now();
+    let touched = g.reap_proc(p, now);
+    for s in touched {
+        crate::shm::maybe_destroy(g, s);
+    }
+    g.proc_entry(p).pid = pid;
+    g.hdr().proc_hint = (p as u32 + 1) % MAX_PROCS as u32;
+}
+
+/// Moves a descriptor to a high number, away from the low numbers programs manage
+/// themselves (closing "all" fds from 3 up, dup2 onto 0–2).
+pub fn high_fd(fd: OwnedFd) -> OwnedFd {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own (or fails).
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 200) };
+    if r < 0 {
+        return fd;
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: r is a fresh descriptor; `fd` is closed when dropped here.
+    unsafe { OwnedFd::from_raw_fd(r) }
+}
+
+impl Local {
+    pub fn count_frags(&self) -> usize {
+        self.attaches.iter().map(|a| a.frags.len()).sum()
+    }
+
+    pub fn publish_count(&self) {
+        NFRAGS.store(self.count_frags(), Ordering::Release);
+    }
+
+    /// A validated cached descriptor for `serial` (rdonly: a read-only reopen).
+    pub fn cached_fd(&mut self, serial: u64, ino: u64, rdonly: bool) -> Option<RawFd> {
+        let i = self.fds.iter().position(|c| c.serial == serial)?;
+        let ok = sys::fstat(self.fds[i].rw.as_raw_fd()).map(|st| st.st_ino == ino).unwrap_or(false);
+        if !ok || self.fds[i].ino != ino {
+            // The program closed or replaced our descriptor: forget it without
+            // closing (the number may now be the program's).
+            let c = self.fds.swap_remove(i);
+            std::mem::forget(c.rw);
+            if let Some(ro) = c.ro {
+                std::mem::forget(ro);
+            }
+            return None;
+        }
+        if !rdonly {
+            return Some(self.fds[i].rw.as_raw_fd());
+        }
+        if self.fds[i].ro.is_none() {
+            let ro = reopen(self.fds[i].rw.as_raw_fd(), libc::O_RDONLY).ok()?;
+            self.fds[i].ro = Some(ro);
+        }
+        self.fds[i].ro.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    pub fn cache_fd(&mut self, serial: u64, ino: u64, fd: OwnedFd) {
+        self.fds.retain(|c| c.serial != serial);
+        self.fds.push(CachedFd { serial, ino, rw: high_fd(fd), ro: None });
+    }
+
+    pub fn drop_fd(&mut self, serial: u64) {
+        self.fds.retain(|c| c.serial != serial);
+    }
+
+    /// Drops cached descriptors of destroyed segments when anything was destroyed
+    /// since the last sweep, so removed segments' memory is freed.
+    pub fn sweep_fds(&mut self, g: &RegGuard) {
+        let epoch = g.hdr().destroy_epoch.load(Ordering::Acquire);
+        if epoch == self.epoch {
+            return;
+        }
+        self.epoch = epoch;
+        let attached: Vec<u64> = self.attaches.iter().map(|a| a.serial).collect();
+        self.fds.retain(|c| attached.contains(&c.serial) || crate::shm::serial_alive(g, c.serial));
+    }
+}
+
+/// Reopens a descriptor through /proc/self/fd with other access flags: a read-only
+/// reopen of the memfd gives mappings that refuse mprotect(PROT_WRITE) (S53).
+pub fn reopen(fd: RawFd, flags: i32) -> SysResult<OwnedFd> {
+    let p = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+    sys::open(&p, flags, 0)
+}

@@ -1,0 +1,566 @@
+//! Thin, typed wrappers over the raw system calls shmshim needs.
+//!
+//! Every `unsafe` block of the crate that talks to the kernel lives here, each with
+//! a `// SAFETY:` comment. Memory-management calls go straight to the kernel with
+//! `syscall(2)`, never through the libc symbols `mmap`/`munmap`/`mprotect`/`mremap`:
+//! shmshim interposes those symbols itself (to see detaches done by `munmap`,
+//! SEMANTICS S73), and calling them from inside the shim would re-enter the hooks.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// An errno value. `Errno(0)` is never constructed for an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+pub type SysResult<T> = Result<T, Errno>;
+
+impl Errno {
+    pub fn last() -> Errno {
+        Errno(errno())
+    }
+    pub fn name(self) -> &'static str {
+        errno_name(self.0)
+    }
+}
+
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns a valid pointer to this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: as above; writing errno is what the C ABI expects of us.
+    unsafe { *libc::__errno_location() = e }
+}
+
+pub fn errno_name(e: i32) -> &'static str {
+    match e {
+        0 => "0",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EEXIST => "EEXIST",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENOSYS => "ENOSYS",
+        libc::EIDRM => "EIDRM",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EOWNERDEAD => "EOWNERDEAD",
+        _ => "E?",
+    }
+}
+
+fn check(r: libc::c_long) -> SysResult<libc::c_long> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Retries a call while it fails with EINTR.
+fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    loop {
+        match f() {
+            Err(Errno(libc::EINTR)) => continue,
+            r => return r,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- memory maps
+
+/// mmap(2) by raw syscall. Returns the address.
+pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: RawFd, off: i64) -> SysResult<usize> {
+    // SAFETY: a raw mmap call; the kernel validates every argument. Mapping over
+    // existing memory only happens with MAP_FIXED, which callers pass deliberately
+    // (SHM_REMAP has exactly that meaning).
+    let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
+    if r == -1 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}
+
+pub fn munmap(addr: usize, len: usize) -> SysResult<()> {
+    // SAFETY: unmapping only affects the address space; callers pass ranges they own.
+    check(unsafe { libc::syscall(libc::SYS_munmap, addr, len) }).map(|_| ())
+}
+
+pub fn mprotect(addr: usize, len: usize, prot: i32) -> SysResult<()> {
+    // SAFETY: changes protections of a range the caller asked for.
+    check(unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) }).map(|_| ())
+}
+
+pub fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new_addr: usize) -> SysResult<usize> {
+    // SAFETY: forwards the caller's mremap unchanged.
+    let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) };
+    if r == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// True when every page of `[addr, addr+len)` is mapped (mincore succeeds).
+pub fn is_mapped(addr: usize, len: usize) -> bool {
+    let pages = len.div_ceil(4096).max(1);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: vec has one byte per page of the range, as mincore requires.
+    unsafe { libc::syscall(libc::SYS_mincore, addr, len, vec.as_mut_ptr()) == 0 }
+}
+
+// ------------------------------------------------------- user-pointer copies
+
+/// Copies `src` to the caller's pointer `dst` the way the kernel's copy_to_user does:
+/// a bad pointer gives EFAULT instead of a crash (SEMANTICS S84, S100, S101, S103).
+pub fn copy_to_user(dst: usize, src: &[u8]) -> SysResult<()> {
+    if dst == 0 {
+        return Err(Errno(libc::EFAULT));
+    }
+    let local = libc::iovec { iov_base: src.as_ptr() as *mut _, iov_len: src.len() };
+    let remote = libc::iovec { iov_base: dst as *mut _, iov_len: src.len() };
+    // SAFETY: process_vm_writev on our own pid writes through `dst` with the kernel's
+    // fault handling: an unmapped or read-only destination yields EFAULT, never SIGSEGV.
+    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n == src.len() as isize {
+        return Ok(());
+    }
+    if n < 0 {
+        let e = errno();
+        if e == libc::ENOSYS || e == libc::EPERM {
+            return copy_via_pipe(src.as_ptr() as usize, dst, src.len());
+        }
+    }
+    Err(Errno(libc::EFAULT))
+}
+
+/// Copies from the caller's pointer `src` into `dst` like copy_from_user (S90).
+pub fn copy_from_user(dst: &mut [u8], src: usize) -> SysResult<()> {
+    if src == 0 {
+        return Err(Errno(libc::EFAULT));
+    }
+    let local = libc::iovec { iov_base: dst.as_mut_ptr() as *mut _, iov_len: dst.len() };
+    let remote = libc::iovec { iov_base: src as *mut _, iov_len: dst.len() };
+    // SAFETY: process_vm_readv reads from `src` with kernel fault handling (EFAULT).
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n == dst.len() as isize {
+        return Ok(());
+    }
+    if n < 0 {
+        let e = errno();
+        if e == libc::ENOSYS || e == libc::EPERM {
+            return copy_via_pipe(src, dst.as_mut_ptr() as usize, dst.len());
+        }
+    }
+    Err(Errno(libc::EFAULT))
+}
+
+/// Fallback where process_vm_* is filtered: write(2) from the source into a pipe and
+/// read(2) into the destination; both report EFAULT for bad user memory.
+fn copy_via_pipe(src: usize, dst: usize, len: usize) -> SysResult<()> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array for pipe2.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: pipe2 just returned these two fresh descriptors; we own them.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut done = 0;
+    while done < len {
+        let chunk = (len - done).min(4096);
+        // SAFETY: the kernel validates the user pointer and returns EFAULT if bad.
+        let n = unsafe { libc::write(w.as_raw_fd(), (src + done) as *const _, chunk) };
+        if n <= 0 {
+            return Err(Errno(libc::EFAULT));
+        }
+        // SAFETY: as above, for the destination.
+        let m = unsafe { libc::read(r.as_raw_fd(), (dst + done) as *mut _, n as usize) };
+        if m != n {
+            return Err(Errno(libc::EFAULT));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------- files
+
+pub fn open(path: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    // SAFETY: path is NUL-terminated; on success the fd is new and owned by us.
+    retry(|| {
+        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+        if fd < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+    })
+}
+
+pub fn memfd_create(name: &CStr, flags: u32) -> SysResult<OwnedFd> {
+    // SAFETY: name is NUL-terminated; the returned fd is new and owned by us.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), flags) };
+    if fd < 0 {
+        Err(Errno::last())
+    } else {
+        // SAFETY: fresh descriptor from memfd_create.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+pub fn ftruncate(fd: RawFd, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a descriptor; no memory is passed.
+    retry(|| check(unsafe { libc::ftruncate(fd, len as i64) } as libc::c_long).map(|_| ()))
+}
+
+pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
+    // SAFETY: st is a properly sized, writable stat buffer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(Errno::last());
+        }
+        Ok(st)
+    }
+}
+
+pub fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> SysResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: buf[done..] is valid readable memory of the given length.
+        let n = unsafe {
+            libc::pwrite(fd, buf[done..].as_ptr() as *const _, buf.len() - done, (off + done as u64) as i64)
+        };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(Errno::last());
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+pub fn dup_cloexec(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    }
+}
+
+/// Closes a raw descriptor we own (used where the fd number is stored in shared state).
+pub fn close(fd: RawFd) {
+    // SAFETY: callers only pass descriptors they own and no longer use.
+    unsafe { libc::close(fd) };
+}
+
+// ----------------------------------------------------------- OFD locks
+
+fn ofd_flock(ty: i32, start: u64, len: u64) -> libc::flock {
+    // SAFETY: flock is plain old data; zero is a valid bit pattern.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ty as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start as i64;
+    fl.l_len = len as i64;
+    fl
+}
+
+/// Tries to take an open-file-description write lock on `[start, start+len)`.
+/// Ok(true): taken; Ok(false): somebody else holds it.
+pub fn ofd_trylock(fd: RawFd, start: u64, len: u64) -> SysResult<bool> {
+    let mut fl = ofd_flock(libc::F_WRLCK, start, len);
+    // SAFETY: fl is a valid flock for F_OFD_SETLK.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) };
+    if r == 0 {
+        Ok(true)
+    } else {
+        match errno() {
+            libc::EAGAIN | libc::EACCES => Ok(false),
+            e => Err(Errno(e)),
+        }
+    }
+}
+
+pub fn ofd_unlock(fd: RawFd, start: u64, len: u64) {
+    let mut fl = ofd_flock(libc::F_UNLCK, start, len);
+    // SAFETY: fl is a valid flock for F_OFD_SETLK.
+    unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) };
+}
+
+/// True when some open file description other than `fd`'s holds a lock on the byte.
+pub fn ofd_is_locked(fd: RawFd, start: u64) -> bool {
+    let mut fl = ofd_flock(libc::F_WRLCK, start, 1);
+    // SAFETY: fl is a valid flock for F_OFD_GETLK.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
+    r == 0 && fl.l_type != libc::F_UNLCK as i16
+}
+
+// --------------------------------------------------- unix datagram sockets
+
+pub fn socket_dgram() -> SysResult<OwnedFd> {
+    // SAFETY: creates a new descriptor that we own.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+pub fn socketpair_dgram() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut sv = [0; 2];
+    // SAFETY: sv is a valid two-element array.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fresh descriptors from socketpair.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
+pub fn sockaddr_un(path: &std::path::Path) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain old data.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as u16;
+    let b = path.as_os_str().as_bytes();
+    if b.len() >= sa.sun_path.len() {
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    for (i, c) in b.iter().enumerate() {
+        sa.sun_path[i] = *c as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + b.len() + 1) as libc::socklen_t;
+    Ok((sa, len))
+}
+
+pub fn bind(fd: RawFd, path: &std::path::Path) -> SysResult<()> {
+    let (sa, len) = sockaddr_un(path)?;
+    // SAFETY: sa/len describe a valid sockaddr_un.
+    let r = unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) };
+    if r != 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn connect(fd: RawFd, path: &std::path::Path) -> SysResult<()> {
+    let (sa, len) = sockaddr_un(path)?;
+    // SAFETY: sa/len describe a valid sockaddr_un.
+    retry(|| {
+        let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) };
+        if r != 0 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Sends one datagram with up to two descriptors attached (SCM_RIGHTS).
+pub fn send_with_fds(sock: RawFd, to: Option<&std::path::Path>, data: &[u8], fds: &[RawFd], flags: i32) -> SysResult<()> {
+    let mut cbuf = [0u64; 8];
+    let addr = match to {
+        Some(p) => Some(sockaddr_un(p)?),
+        None => None,
+    };
+    let iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+    // SAFETY: msghdr is plain old data; all pointers below point into live locals,
+    // and the control buffer (64 bytes) is large enough for two descriptors.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &iov as *const _ as *mut _;
+        msg.msg_iovlen = 1;
+        if let Some((sa, len)) = &addr {
+            msg.msg_name = sa as *const _ as *mut _;
+            msg.msg_namelen = *len;
+        }
+        if !fds.is_empty() {
+            assert!(fds.len() <= 2);
+            let space = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
+            msg.msg_control = cbuf.as_mut_ptr() as *mut _;
+            msg.msg_controllen = space;
+            let cm = libc::CMSG_FIRSTHDR(&msg);
+            (*cm).cmsg_level = libc::SOL_SOCKET;
+            (*cm).cmsg_type = libc::SCM_RIGHTS;
+            (*cm).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+            let p = libc::CMSG_DATA(cm) as *mut RawFd;
+            for (i, fd) in fds.iter().enumerate() {
+                p.add(i).write_unaligned(*fd);
+            }
+        }
+        retry(|| check(libc::sendmsg(sock, &msg, flags | libc::MSG_NOSIGNAL) as libc::c_long)).map(|_| ())
+    }
+}
+
+/// A received datagram: its bytes, the descriptors it carried, and the sender's
+/// credentials when the socket has SO_PASSCRED.
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    pub cred: Option<libc::ucred>,
+}
+
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], flags: i32) -> SysResult<Received> {
+    let mut cbuf = [0u64; 16];
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
+    // SAFETY: as in send_with_fds; the kernel writes at most msg_controllen bytes of
+    // control data and we walk it with the CMSG_* helpers. Descriptors received are
+    // new and owned by us.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &iov as *const _ as *mut _;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut _;
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        let n = retry(|| check(libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) as libc::c_long))?;
+        let mut out = Received { len: n as usize, fds: Vec::new(), cred: None };
+        let mut cm = libc::CMSG_FIRSTHDR(&msg);
+        while !cm.is_null() {
+            if (*cm).cmsg_level == libc::SOL_SOCKET && (*cm).cmsg_type == libc::SCM_RIGHTS {
+                let cnt = ((*cm).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                let p = libc::CMSG_DATA(cm) as *const RawFd;
+                for i in 0..cnt {
+                    out.fds.push(OwnedFd::from_raw_fd(p.add(i).read_unaligned()));
+                }
+            } else if (*cm).cmsg_level == libc::SOL_SOCKET && (*cm).cmsg_type == libc::SCM_CREDENTIALS {
+                out.cred = Some((libc::CMSG_DATA(cm) as *const libc::ucred).read_unaligned());
+            }
+            cm = libc::CMSG_NXTHDR(&msg, cm);
+        }
+        Ok(out)
+    }
+}
+
+pub fn set_passcred(sock: RawFd) {
+    let one: i32 = 1;
+    // SAFETY: a valid int option value.
+    unsafe {
+        libc::setsockopt(sock, libc::SOL_SOCKET, libc::SO_PASSCRED, &one as *const _ as *const _, 4);
+    }
+}
+
+pub fn set_rcvtimeo(sock: RawFd, ms: i64) {
+    let tv = libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000 };
+    // SAFETY: a valid timeval option value.
+    unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const _,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+}
+
+// ----------------------------------------------------------- credentials
+
+pub fn getpid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::getpid() }
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: no arguments.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: no arguments.
+    unsafe { libc::getegid() }
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: no arguments.
+    unsafe { libc::getuid() }
+}
+
+/// The filesystem gid (setfsgid(-1) reads it without changing it).
+pub fn getfsgid() -> u32 {
+    // SAFETY: setfsgid with an invalid id only returns the current value.
+    unsafe { libc::setfsgid(u32::MAX) as u32 }
+}
+
+pub fn getgroups() -> Vec<u32> {
+    let mut v = vec![0u32; 256];
+    loop {
+        // SAFETY: v has room for v.len() gids.
+        let n = unsafe { libc::getgroups(v.len() as i32, v.as_mut_ptr()) };
+        if n >= 0 {
+            v.truncate(n as usize);
+            return v;
+        }
+        if errno() != libc::EINVAL {
+            return Vec::new();
+        }
+        let len = v.len() * 4;
+        v.resize(len, 0);
+    }
+}
+
+/// The calling thread's effective capability set (both 32-bit words).
+pub fn effective_caps() -> u64 {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header { version: 0x20080522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with version 3 writes two Data records.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    data[0].effective as u64 | ((data[1].effective as u64) << 32)
+}
+
+pub fn rlimit_memlock() -> u64 {
+    // SAFETY: rl is a writable rlimit.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl);
+        rl.rlim_cur
+    }
+}
+
+pub fn now() -> i64 {
+    // SAFETY: time(NULL) only returns a value (vDSO).
+    unsafe { libc::time(std::ptr::null_mut()) }
+}
+
+/// Reads a whole small file (procfs, sysfs) as a string.
+pub fn read_small(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
