@@ -9,7 +9,7 @@
 //!   fork returns (S118, S126).
 
 use crate::log;
-use crate::process::{self, Reentry, LOCAL, NFRAGS};
+use crate::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
 use crate::shm::{self, VmChange};
 use crate::sys::{self, Errno, SysResult};
 use libc::{c_int, c_void, pid_t, size_t};
@@ -93,7 +93,7 @@ pub extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int
     let r = sys::mprotect(addr as usize, len, prot);
     if r.is_ok() && tracking() {
         let _ = guarded(|| {
-            shm::vm_changed(addr as usize, len, VmChange::Split(None));
+            shm::vm_changed(addr as usize, len, VmChange::Prot(prot));
             Ok(())
         });
     }
@@ -106,9 +106,10 @@ pub extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_in
     let r = unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) };
     if r == 0 && tracking() {
         let change = match advice {
-            libc::MADV_DONTFORK => Some(VmChange::Split(Some(true))),
-            libc::MADV_DOFORK => Some(VmChange::Split(Some(false))),
-            libc::MADV_DONTDUMP | libc::MADV_DODUMP => Some(VmChange::Split(None)),
+            libc::MADV_DONTFORK => Some(VmChange::Flag(FL_DONTFORK, true)),
+            libc::MADV_DOFORK => Some(VmChange::Flag(FL_DONTFORK, false)),
+            libc::MADV_DONTDUMP => Some(VmChange::Flag(FL_DONTDUMP, true)),
+            libc::MADV_DODUMP => Some(VmChange::Flag(FL_DONTDUMP, false)),
             _ => None,
         };
         if let Some(c) = change {
@@ -119,6 +120,26 @@ pub extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_in
         }
     }
     r as c_int
+}
+
+/// mmap: a MAP_FIXED mapping replaces whatever was in its range, attaches included.
+#[no_mangle]
+pub extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
+    let r = sys::mmap(addr as usize, len, prot, flags, fd, off);
+    if let Ok(at) = r {
+        if flags & libc::MAP_FIXED != 0 && tracking() {
+            let _ = guarded(|| {
+                shm::vm_changed(at, len, VmChange::Unmap);
+                Ok(())
+            });
+        }
+    }
+    finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
+}
+
+#[no_mangle]
+pub extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
+    mmap(addr, len, prot, flags, fd, off)
 }
 
 /// mremap is variadic in C; on x86_64 the fifth argument arrives in the same
@@ -178,7 +199,7 @@ fn forking(real: ForkFn) -> pid_t {
         let now = sys::now();
         let pid = sys::getpid();
         for a in &local.attaches {
-            let n = a.frags.iter().filter(|f| !f.dontfork).count() as u32;
+            let n = a.frags.iter().filter(|f| !f.dontfork()).count() as u32;
             let s = g.slot(a.slot);
             if n > 0 && s.state == crate::registry::SLOT_USED && s.serial == a.serial {
                 let _ = g.rec_add(*p, a.slot, n);
@@ -206,7 +227,7 @@ fn forking(real: ForkFn) -> pid_t {
             }
         }
         for a in local.attaches.iter_mut() {
-            a.frags.retain(|f| !f.dontfork);
+            a.frags.retain(|f| !f.dontfork());
         }
         local.attaches.retain(|a| !a.frags.is_empty());
         local.publish_count();

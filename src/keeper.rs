@@ -29,6 +29,9 @@ pub const OP_PUT: u32 = 1;
 pub const OP_DROP: u32 = 2;
 pub const OP_GET: u32 = 3;
 
+/// How long an idle keeper of an empty namespace stays.
+pub const LINGER: Duration = Duration::from_millis(300);
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Msg {
@@ -69,28 +72,47 @@ pub fn sock_path(dir: &Path) -> PathBuf {
 
 // ------------------------------------------------------------------ client side
 
+/// This process's socket to the keeper, connected once so that sends keep working
+/// after the process drops to a uid that may not search the namespace directory.
 static CLIENT: OnceCell<OwnedFd> = OnceCell::new();
 
-fn client() -> SysResult<RawFd> {
+fn client(dir: &Path) -> SysResult<RawFd> {
     CLIENT
-        .get_or_try_init(|| sys::socket_dgram().map(crate::process::high_fd))
+        .get_or_try_init(|| {
+            let s = crate::process::high_fd(sys::socket_dgram()?);
+            let _ = sys::connect(s.as_raw_fd(), &sock_path(dir));
+            Ok(s)
+        })
         .map(|f| f.as_raw_fd())
+}
+
+/// Connects this process's keeper socket early (while it may still reach the
+/// namespace directory).
+pub fn prepare(dir: &Path) {
+    let _ = client(dir);
 }
 
 /// Sends a message to the namespace's keeper, starting one if none runs.
 pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<()> {
     let path = sock_path(dir);
-    let sock = client()?;
+    let sock = client(dir)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut spawned = false;
-    let mut delay = Duration::from_micros(200);
+    let mut delay = Duration::from_micros(100);
     loop {
-        match sys::send_with_fds(sock, Some(&path), &msg.bytes(), fds, 0) {
+        match sys::send_with_fds(sock, None, &msg.bytes(), fds, 0) {
             Ok(()) => return Ok(()),
-            Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn => {
-                if !spawned {
-                    spawn(dir)?;
-                    spawned = true;
+            Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOTCONN)) | Err(Errno(libc::EDESTADDRREQ)) => {
+                // The keeper we were connected to is gone (or never was): connect
+                // again by path, and start one if nobody listens there.
+                match sys::connect(sock, &path) {
+                    Ok(()) => continue,
+                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn && !spawned => {
+                        spawn(dir)?;
+                        spawned = true;
+                    }
+                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) => {}
+                    Err(e) => return Err(e),
                 }
             }
             Err(Errno(libc::EAGAIN)) | Err(Errno(libc::ENOBUFS)) => {}
@@ -106,8 +128,8 @@ pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<(
 
 /// Best-effort notification (DROP): never starts a keeper, never waits.
 pub fn notify(dir: &Path, msg: Msg) {
-    if let Ok(sock) = client() {
-        let _ = sys::send_with_fds(sock, Some(&sock_path(dir)), &msg.bytes(), &[], libc::MSG_DONTWAIT);
+    if let Ok(sock) = client(dir) {
+        let _ = sys::send_with_fds(sock, None, &msg.bytes(), &[], libc::MSG_DONTWAIT);
     }
 }
 
@@ -257,26 +279,32 @@ pub fn run(dir: &Path) -> i32 {
 
     let mut held: HashMap<u64, (usize, OwnedFd)> = HashMap::new();
     let mut last_sweep = Instant::now();
+    // When the namespace empties the keeper lingers briefly, so that a program
+    // cycling create/remove does not restart it each time.
+    let mut empty_since: Option<Instant> = None;
     loop {
         let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 500) };
+        let timeout = if held.is_empty() { 100 } else { 500 };
+        unsafe { libc::poll(&mut pfd, 1, timeout) };
         let mut buf = [0u8; 64];
         while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
             let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
             handle(&reg, &mut held, m, r.fds, r.cred);
         }
-        if last_sweep.elapsed() >= Duration::from_millis(1000) || held.is_empty() {
+        if last_sweep.elapsed() >= Duration::from_millis(1000) || held.is_empty() || empty_since.is_some() {
             last_sweep = Instant::now();
             // Reap dead attachers (destroying SHM_DEST segments they held last),
             // then close descriptors of segments that no longer exist.
-            crate::shm::reap_dead(&reg);
-            let g = reg.lock();
+            let Some(g) = crate::shm::try_reap_dead(&reg) else { continue };
             held.retain(|&serial, (slot, _)| {
                 let s = g.slot(*slot);
                 s.state == SLOT_USED && s.serial == serial
             });
-            if held.is_empty() && g.hdr().in_use == 0 && !pending(sock.as_raw_fd()) {
+            let empty = held.is_empty() && g.hdr().in_use == 0 && !pending(sock.as_raw_fd());
+            if !empty {
+                empty_since = None;
+            } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
                 let _ = std::fs::remove_file(&path);
                 reg.header().keeper_pid.store(0, Ordering::Release);
                 drop(g);
@@ -326,8 +354,10 @@ fn handle(reg: &Registry, held: &mut HashMap<u64, (usize, OwnedFd)>, m: Msg, mut
 /// SysV permission rules in the asking process; the keeper only refuses uids the
 /// segment's mode excludes entirely.
 fn may_get(reg: &Registry, slot: usize, serial: u64, uid: u32) -> bool {
-    let g = reg.lock();
-    let s = g.slot(slot);
+    // Never wait for the lock (see the module comment); an unlocked read of a
+    // slot's ids is good enough for this coarse check.
+    let _g = reg.try_lock();
+    let s = reg.slot_ref(slot);
     if s.state != SLOT_USED || s.serial != serial {
         return false;
     }

@@ -5,6 +5,8 @@
 
 use crate::registry::{RegGuard, Registry, LIVE_BASE, MAX_PROCS};
 use crate::sys::{self, Errno, SysResult};
+#[allow(unused_imports)]
+use std::os::fd::FromRawFd;
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 use std::cell::Cell;
@@ -13,14 +15,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const PAGE: usize = 4096;
 
+/// Fragment flag: MADV_DONTFORK (VM_DONTCOPY), not inherited by fork (S124).
+pub const FL_DONTFORK: u32 = 1 << 8;
+/// Fragment flag: MADV_DONTDUMP (VM_DONTDUMP).
+pub const FL_DONTDUMP: u32 = 1 << 9;
+
 /// One mapping fragment (a VMA of an attach). `pgoff` is the byte offset in the
-/// segment of `addr`.
+/// segment of `addr`; `flags` holds the PROT_* bits and FL_* flags, which decide
+/// whether neighbouring fragments may merge (S72).
 #[derive(Clone, Debug)]
 pub struct Frag {
     pub addr: usize,
     pub len: usize,
     pub pgoff: usize,
-    pub dontfork: bool,
+    pub flags: u32,
+}
+
+impl Frag {
+    pub fn end(&self) -> usize {
+        self.addr + self.len
+    }
+    pub fn dontfork(&self) -> bool {
+        self.flags & FL_DONTFORK != 0
+    }
 }
 
 /// One shmat: the kernel's per-attach `struct file`.
@@ -123,6 +140,7 @@ pub fn registry() -> SysResult<&'static Registry> {
             .and_then(|_| Registry::open_or_create(&cfg.dir, crate::config::host_limits(), cfg.shared).map_err(|e| e.to_string()));
         match res {
             Ok(reg) => {
+                crate::keeper::prepare(&cfg.dir);
                 if cfg.shmmax.is_some() || cfg.shmall.is_some() || cfg.shmmni.is_some() {
                     reg.set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
                 }
@@ -166,11 +184,12 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
 
 /// Opens a fresh open file description of the registry and takes the OFD lock of a
 /// free proc entry with it. Any entry whose lock is free belongs to nobody alive.
+///
+/// The new description is a reopen of the namespace's `live` file through
+/// /proc/self/fd, which works after the process dropped to a uid that may not
+/// search the namespace directory.
 pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(reg.path.as_os_str().as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
-    let fd = sys::open(&c, libc::O_RDWR, 0)?;
-    let fd = sys::dup_cloexec(fd.as_raw_fd()).map(|d| high_fd(d)).unwrap_or(fd);
+    let fd = high_fd(reopen(reg.live.as_raw_fd(), libc::O_RDWR)?);
     let start = reg.header().proc_hint as usize % MAX_PROCS;
     for k in 0..MAX_PROCS {
         let p = (start + k) % MAX_PROCS;

@@ -28,8 +28,9 @@
 //!
 //! Lock ordering: the per-process state mutex (`process::LOCAL`) is always taken
 //! before the registry lock, never after. Nothing blocks on another process while
-//! holding the registry lock, except the keeper hand-off (a datagram send that the
-//! keeper drains without ever taking the lock).
+//! holding the registry lock, except the keeper hand-off: a datagram send to the
+//! keeper, which never waits for the registry lock (it only try-locks), so it
+//! always drains its queue.
 //!
 //! # Liveness
 //!
@@ -238,8 +239,11 @@ pub struct Limits {
 pub struct Registry {
     base: *mut u8,
     pub path: PathBuf,
-    /// The descriptor the mapping came from; also used for F_OFD_GETLK probes.
+    /// The descriptor the mapping came from.
     pub fd: OwnedFd,
+    /// The namespace's `live` file (mode 0666): byte i is locked by proc entry i's
+    /// owner. Also used for F_OFD_GETLK probes.
+    pub live: OwnedFd,
 }
 
 // SAFETY: the mapping is shared memory designed for concurrent access; all mutation
@@ -280,7 +284,7 @@ impl Registry {
         let cpath = path_c(&path);
         for _ in 0..100 {
             match sys::open(&cpath, libc::O_RDWR, 0) {
-                Ok(fd) => return Self::map_existing(path, fd),
+                Ok(fd) => return Self::map_existing(path, fd, open_live(dir)?),
                 Err(Errno(libc::ENOENT)) => {}
                 Err(e) => return Err(OpenError::Io(path, e, "open")),
             }
@@ -293,10 +297,11 @@ impl Registry {
                 // SAFETY: fchmod on our own new descriptor; umask would narrow the mode.
                 unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
             }
+            let live = open_live(dir)?;
             let built = sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)
                 .and_then(|_| map_fd(&fd))
                 .map(|base| {
-                    let reg = Registry { base, path: tmp.clone(), fd };
+                    let reg = Registry { base, path: tmp.clone(), fd, live };
                     reg.init_header(limits);
                     reg
                 });
@@ -324,7 +329,7 @@ impl Registry {
         Err(OpenError::Foreign(path, "could not be created or opened".into()))
     }
 
-    fn map_existing(path: PathBuf, fd: OwnedFd) -> Result<Registry, OpenError> {
+    fn map_existing(path: PathBuf, fd: OwnedFd, live: OwnedFd) -> Result<Registry, OpenError> {
         let st = sys::fstat(fd.as_raw_fd()).map_err(|e| OpenError::Io(path.clone(), e, "fstat"))?;
         if st.st_size as usize != FILE_SIZE {
             let why = if st.st_size < HEADER_SIZE as i64 {
@@ -335,7 +340,7 @@ impl Registry {
             return Err(OpenError::Foreign(path, why));
         }
         let base = map_fd(&fd).map_err(|e| OpenError::Io(path.clone(), e, "mmap"))?;
-        let reg = Registry { base, path, fd };
+        let reg = Registry { base, path, fd, live };
         reg.validate_header()?;
         Ok(reg)
     }
@@ -414,6 +419,25 @@ impl Registry {
         g
     }
 
+    /// Takes the lock only if it is free (the keeper uses this: it must never wait
+    /// for a holder that may be waiting for the keeper to drain its socket).
+    pub fn try_lock(&self) -> Option<RegGuard<'_>> {
+        let m = &self.header_mut().mutex as *const _ as *mut libc::pthread_mutex_t;
+        // SAFETY: m is the process-shared robust mutex initialised at creation.
+        let r = unsafe { libc::pthread_mutex_trylock(m) };
+        match r {
+            0 => Some(RegGuard { reg: self }),
+            libc::EOWNERDEAD => {
+                let mut g = RegGuard { reg: self };
+                g.repair();
+                // SAFETY: we hold the mutex and have restored every invariant.
+                unsafe { libc::pthread_mutex_consistent(m) };
+                Some(g)
+            }
+            _ => None,
+        }
+    }
+
     /// Sets limits (from environment overrides): like writing the sysctls.
     pub fn set_limits(&self, shmmax: Option<u64>, shmall: Option<u64>, shmmni: Option<u64>) {
         let g = self.lock();
@@ -431,8 +455,18 @@ impl Registry {
 
     /// Liveness probe: does someone hold proc entry `i`'s OFD lock?
     pub fn proc_alive(&self, i: usize) -> bool {
-        sys::ofd_is_locked(self.fd.as_raw_fd(), LIVE_BASE + i as u64)
+        sys::ofd_is_locked(self.live.as_raw_fd(), LIVE_BASE + i as u64)
     }
+}
+
+/// Opens (creating) the namespace's liveness file, mode 0666 so processes that drop
+/// to another uid can still reopen it through /proc/self/fd.
+fn open_live(dir: &Path) -> Result<OwnedFd, OpenError> {
+    let p = dir.join("live");
+    let fd = sys::open(&path_c(&p), libc::O_RDWR | libc::O_CREAT, 0o666).map_err(|e| OpenError::Io(p, e, "open"))?;
+    // SAFETY: fchmod on our own descriptor (umask narrowed the creation mode).
+    unsafe { libc::fchmod(fd.as_raw_fd(), 0o666) };
+    Ok(fd)
 }
 
 fn map_fd(fd: &OwnedFd) -> SysResult<*mut u8> {

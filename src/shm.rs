@@ -161,6 +161,13 @@ pub fn reap_dead(reg: &Registry) {
     reap_all(&g, None);
 }
 
+/// The keeper's sweep: like reap_dead but never waits for the lock.
+pub fn try_reap_dead(reg: &Registry) -> Option<RegGuard<'_>> {
+    let g = reg.try_lock()?;
+    reap_all(&g, None);
+    Some(g)
+}
+
 fn my_entry() -> Option<usize> {
     LOCAL.try_lock().and_then(|l| l.me)
 }
@@ -319,7 +326,10 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
         libc::EMFILE | libc::ENFILE => Errno(libc::ENFILE),
         _ => Errno(libc::ENOMEM),
     })?;
-    sys::ftruncate(fd.as_raw_fd(), map_len as u64).map_err(|_| Errno(libc::ENOMEM))?;
+    // The file is segsz long (hugetlbfs needs whole huge pages); the mapping covers
+    // the rounded length, as the kernel's does (S50).
+    let file_len = if hugetlb { map_len } else { size };
+    sys::ftruncate(fd.as_raw_fd(), file_len as u64).map_err(|_| Errno(libc::ENOMEM))?;
     let ino = sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0);
     // S37: shmmni, checked last (ipc_addid). SHM_DEST segments count.
     let limit = h.shmmni.min(MAX_SLOTS as u64);
@@ -446,6 +456,11 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     let g = reg.lock();
     match res {
         Ok(at) => {
+            if flg & SHM_REMAP != 0 {
+                // S59: whatever was mapped there is gone, attaches included.
+                let deltas = apply_local(&mut local, at, info.map_len, VmChange::Unmap);
+                book_deltas(&g, me, deltas);
+            }
             let s = g.slot(info.slot);
             s.atime = sys::now(); // S51
             s.lpid = sys::getpid();
@@ -453,7 +468,7 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
                 slot: info.slot,
                 serial: info.serial,
                 map_len: info.map_len,
-                frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, dontfork: false }],
+                frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, flags: prot as u32 }],
             });
             local.publish_count();
             Ok(at)
@@ -588,87 +603,191 @@ pub fn shmdt(addr: usize) -> SysResult<()> {
 }
 
 /// What a memory-management call did to the address space, for fragment tracking.
+#[derive(Clone, Copy)]
 pub enum VmChange {
-    /// munmap: the range is gone (S73; partial unmaps split, S71/S72).
+    /// munmap, or a MAP_FIXED mapping placed over the range: the range is gone
+    /// (S73; partial unmaps split, S71/S72).
     Unmap,
-    /// mprotect/madvise: fragments partly covered split (S72); with Some(flag),
-    /// MADV_DONTFORK/DOFORK sets the fork flag of the covered pieces (S124).
-    Split(Option<bool>),
+    /// mprotect: new PROT_* bits (S72).
+    Prot(i32),
+    /// madvise: set (true) or clear an FL_* flag (S124).
+    Flag(u32, bool),
 }
 
-/// Applies a successful munmap/mprotect/madvise over `[addr, addr+len)` to this
-/// process's fragments, adjusting nattch by the change in fragment count.
-pub fn vm_changed(addr: usize, len: usize, change: VmChange) {
-    let end = addr.saturating_add(len.div_ceil(PAGE) * PAGE);
-    let Some(reg) = process::registry_if_open() else { return };
-    let mut local = LOCAL.lock();
-    let Some(me) = local.me else { return };
-    let mut deltas: Vec<(usize, u64, i64)> = Vec::new();
-    for a in local.attaches.iter_mut() {
-        let before = a.frags.len() as i64;
-        let mut out = Vec::with_capacity(a.frags.len() + 2);
-        for f in a.frags.drain(..) {
-            let (fs, fe) = (f.addr, f.addr + f.len);
-            if fe <= addr || fs >= end {
-                out.push(f);
-                continue;
-            }
-            let piece = |s: usize, e: usize, df: bool| Frag { addr: s, len: e - s, pgoff: f.pgoff + (s - fs), dontfork: df };
-            if fs < addr {
-                out.push(piece(fs, addr, f.dontfork));
-            }
-            if let VmChange::Split(flag) = change {
-                out.push(piece(fs.max(addr), fe.min(end), flag.unwrap_or(f.dontfork)));
-            }
-            if fe > end {
-                out.push(piece(end, fe, f.dontfork));
-            }
+impl VmChange {
+    fn new_flags(self, old: u32) -> u32 {
+        match self {
+            VmChange::Unmap => old,
+            VmChange::Prot(p) => (old & !7) | (p as u32 & 7),
+            VmChange::Flag(f, true) => old | f,
+            VmChange::Flag(f, false) => old & !f,
         }
-        out.sort_by_key(|f| f.addr);
-        a.frags = out;
-        let delta = a.frags.len() as i64 - before;
-        if delta != 0 {
-            deltas.push((a.slot, a.serial, delta));
+    }
+}
+
+/// Applies a change over `[start, end)` to one attach's fragments (sorted by
+/// address) the way the kernel changes VMAs, and returns the change in their number.
+///
+/// Removal splits. A flag change splits too, but the kernel merges the changed
+/// piece into an adjacent fragment of the same attach with equal flags when that
+/// deletes no VMA: shm VMAs have a close() method, so a change spanning a whole
+/// fragment never merges (which is why restoring a protection leaves the pieces
+/// apart, S72).
+fn apply_frags(frags: &mut Vec<Frag>, start: usize, end: usize, change: VmChange) -> i64 {
+    let before = frags.len() as i64;
+    let mut i = 0;
+    while i < frags.len() {
+        let f = frags[i].clone();
+        if f.end() <= start || f.addr >= end {
+            i += 1;
+            continue;
+        }
+        let (s, e) = (f.addr.max(start), f.end().min(end));
+        let piece = |a: usize, b: usize, flags: u32| Frag { addr: a, len: b - a, pgoff: f.pgoff + (a - f.addr), flags };
+        if let VmChange::Unmap = change {
+            let mut rest = Vec::new();
+            if f.addr < s {
+                rest.push(piece(f.addr, s, f.flags));
+            }
+            if e < f.end() {
+                rest.push(piece(e, f.end(), f.flags));
+            }
+            let n = rest.len();
+            frags.splice(i..i + 1, rest);
+            i += n;
+            continue;
+        }
+        let nf = change.new_flags(f.flags);
+        if nf == f.flags {
+            i += 1;
+            continue;
+        }
+        let (left_side, right_side) = (s == f.addr, e == f.end());
+        if left_side && right_side {
+            frags[i].flags = nf;
+            i += 1;
+            continue;
+        }
+        let joins_prev = left_side && i > 0 && {
+            let p = &frags[i - 1];
+            p.end() == f.addr && p.pgoff + p.len == f.pgoff && p.flags == nf
+        };
+        if joins_prev {
+            frags[i - 1].len += e - s;
+            frags[i] = piece(e, f.end(), f.flags);
+            i += 1;
+            continue;
+        }
+        let joins_next = right_side && i + 1 < frags.len() && {
+            let n = &frags[i + 1];
+            n.addr == f.end() && f.pgoff + f.len == n.pgoff && n.flags == nf
+        };
+        if joins_next {
+            let n = &mut frags[i + 1];
+            n.addr = s;
+            n.pgoff -= e - s;
+            n.len += e - s;
+            frags[i] = piece(f.addr, s, f.flags);
+            i += 2;
+            continue;
+        }
+        let mut parts = Vec::new();
+        if f.addr < s {
+            parts.push(piece(f.addr, s, f.flags));
+        }
+        parts.push(piece(s, e, nf));
+        if e < f.end() {
+            parts.push(piece(e, f.end(), f.flags));
+        }
+        let n = parts.len();
+        frags.splice(i..i + 1, parts);
+        i += n;
+    }
+    frags.len() as i64 - before
+}
+
+/// Keeps the real VMAs equal to the fragment model. memfd VMAs (unlike shm VMAs)
+/// merge whenever their flags match, so adjacent fragments of one attach get
+/// alternating read hints (MADV_NORMAL / MADV_RANDOM, invisible in the maps
+/// permissions and harmless for shared memory), which keeps them apart.
+fn rehint(a: &Attach) {
+    if a.frags.len() < 2 {
+        return;
+    }
+    for (k, f) in a.frags.iter().enumerate() {
+        let advice = if k % 2 == 1 { libc::MADV_RANDOM } else { libc::MADV_NORMAL };
+        sys::madvise(f.addr, f.len, advice);
+    }
+}
+
+/// Applies a change to every attach of this process and returns the per-segment
+/// change in fragment count.
+fn apply_local(local: &mut Local, addr: usize, len: usize, change: VmChange) -> Vec<(usize, u64, i64)> {
+    let end = addr.saturating_add(len.div_ceil(PAGE) * PAGE);
+    let mut deltas = Vec::new();
+    for a in local.attaches.iter_mut() {
+        let touched = a.frags.iter().any(|f| f.addr < end && f.end() > addr);
+        let d = apply_frags(&mut a.frags, addr, end, change);
+        if touched && !matches!(change, VmChange::Unmap) {
+            rehint(a);
+        }
+        if d != 0 {
+            deltas.push((a.slot, a.serial, d));
         }
     }
     local.attaches.retain(|a| !a.frags.is_empty());
     local.publish_count();
-    if deltas.is_empty() {
-        return;
-    }
-    let g = reg.lock();
+    deltas
+}
+
+/// Books fragment-count changes in the registry: fewer fragments are detaches
+/// (nattch, dtime, lpid, SHM_DEST destruction); more are extra VMAs (S72).
+fn book_deltas(g: &RegGuard, me: usize, deltas: Vec<(usize, u64, i64)>) {
     for (slot, serial, d) in deltas {
         if d < 0 {
-            shm_close_frags(&g, me, slot, serial, (-d) as u32);
+            shm_close_frags(g, me, slot, serial, (-d) as u32);
         } else if g.slot(slot).state == SLOT_USED && g.slot(slot).serial == serial {
             let _ = g.rec_add(me, slot, d as u32);
         }
     }
 }
 
+/// Follows a successful munmap/mprotect/madvise/MAP_FIXED mmap over
+/// `[addr, addr+len)`.
+pub fn vm_changed(addr: usize, len: usize, change: VmChange) {
+    let Some(reg) = process::registry_if_open() else { return };
+    let mut local = LOCAL.lock();
+    let Some(me) = local.me else { return };
+    let deltas = apply_local(&mut local, addr, len, change);
+    if !deltas.is_empty() {
+        let g = reg.lock();
+        book_deltas(&g, me, deltas);
+    }
+}
+
 /// mremap moved or resized `[old, old+old_len)` to `new`: the piece keeps its
 /// segment offset, so shmdt(new address) works and shmdt(old) fails (S74).
 pub fn vm_remapped(old: usize, old_len: usize, new: usize, new_len: usize) {
-    let moved: Option<(usize, u64, usize)> = {
+    let moved: Option<(usize, u64, usize, u32)> = {
         let local = LOCAL.lock();
         local.attaches.iter().find_map(|a| {
-            a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, f.pgoff + (old - f.addr)))
+            a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, f.pgoff + (old - f.addr), f.flags))
         })
     };
-    let Some((slot, serial, pgoff)) = moved else { return };
+    let Some((slot, serial, pgoff, flags)) = moved else { return };
     vm_changed(old, old_len, VmChange::Unmap);
     let Some(reg) = process::registry_if_open() else { return };
     let mut local = LOCAL.lock();
     let Some(me) = local.me else { return };
     if let Some(a) = local.attaches.iter_mut().find(|a| a.serial == serial) {
-        a.frags.push(Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, dontfork: false });
+        a.frags.push(Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, flags });
         a.frags.sort_by_key(|f| f.addr);
     } else {
         let map_len = {
             let g = reg.lock();
             g.slot(slot).map_len as usize
         };
-        local.attaches.push(Attach { slot, serial, map_len, frags: vec![Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, dontfork: false }] });
+        local.attaches.push(Attach { slot, serial, map_len, frags: vec![Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, flags }] });
     }
     local.publish_count();
     let g = reg.lock();

@@ -113,6 +113,12 @@ pub fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new_addr: 
     }
 }
 
+/// madvise(2) by raw syscall (the libc symbol is interposed by the shim).
+pub fn madvise(addr: usize, len: usize, advice: i32) -> bool {
+    // SAFETY: advice on a range of our own mappings; no memory is passed.
+    unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) == 0 }
+}
+
 /// True when every page of `[addr, addr+len)` is mapped (mincore succeeds).
 pub fn is_mapped(addr: usize, len: usize) -> bool {
     let pages = len.div_ceil(4096).max(1);
