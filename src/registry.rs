@@ -35,7 +35,7 @@
 //! # Liveness
 //!
 //! Each live participating process holds an open-file-description lock (`F_OFD_SETLK`)
-//! on byte `LIVE_BASE + i` of this file, through an `O_CLOEXEC` descriptor, where `i`
+//! on byte `LIVE_BASE + i` of the namespace's `live` file, through an `O_CLOEXEC` descriptor, where `i`
 //! is its entry in the proc table. Exit, SIGKILL and execve all release it, so
 //! `F_OFD_GETLK` tells exactly whether an entry's owner still exists (a reused pid
 //! cannot inherit it). Records of dead owners are reaped when observed.
@@ -381,9 +381,12 @@ impl Registry {
         h.idr_next = 0;
         h.max_idx = -1;
         h.next_serial = 1;
-        // Records: all free, chained in order; slots and procs start empty.
-        let mut g = RegGuard { reg: self };
+        // Records: all free, chained in order; slots and procs start empty. The
+        // file is not linked into place yet, so nobody else can see it; the guard
+        // is forgotten because the mutex was never locked.
+        let g = RegGuard { reg: self };
         g.rebuild_lists();
+        std::mem::forget(g);
     }
 
     pub fn header(&self) -> &Header {
@@ -410,7 +413,7 @@ impl Registry {
         let m = &self.header_mut().mutex as *const _ as *mut libc::pthread_mutex_t;
         // SAFETY: m is the process-shared robust mutex initialised at creation.
         let r = unsafe { libc::pthread_mutex_lock(m) };
-        let mut g = RegGuard { reg: self };
+        let g = RegGuard { reg: self };
         if r == libc::EOWNERDEAD {
             g.repair();
             // SAFETY: we hold the mutex and have restored every invariant.
@@ -428,7 +431,7 @@ impl Registry {
         match r {
             0 => Some(RegGuard { reg: self }),
             libc::EOWNERDEAD => {
-                let mut g = RegGuard { reg: self };
+                let g = RegGuard { reg: self };
                 g.repair();
                 // SAFETY: we hold the mutex and have restored every invariant.
                 unsafe { libc::pthread_mutex_consistent(m) };
@@ -530,47 +533,58 @@ impl<'a> RegGuard<'a> {
     /// O(1) lookup of a live (non-DEST) segment by key. Key 0 is never indexed (S18).
     pub fn find_key(&self, key: i32) -> Option<usize> {
         let mut h = key_hash(key);
-        loop {
+        for _ in 0..INDEX_SIZE {
             let v = *self.index(h);
             if v == 0 {
                 return None;
             }
             let s = (v - 1) as usize;
-            let sl = self.slot(s);
-            if sl.state == SLOT_USED && sl.key == key {
-                return Some(s);
+            if s < MAX_SLOTS {
+                let sl = self.slot(s);
+                if sl.state == SLOT_USED && sl.key == key && sl.mode & SHM_DEST == 0 {
+                    return Some(s);
+                }
             }
             h = (h + 1) & (INDEX_SIZE - 1);
         }
+        None
     }
 
     pub fn index_insert(&self, key: i32, slot: usize) {
         let mut h = key_hash(key);
-        while *self.index(h) != 0 {
+        for _ in 0..INDEX_SIZE {
+            if *self.index(h) == 0 {
+                *self.index(h) = slot as u32 + 1;
+                return;
+            }
             h = (h + 1) & (INDEX_SIZE - 1);
         }
-        *self.index(h) = slot as u32 + 1;
     }
 
     /// Removes `slot` from the index (backward-shift deletion keeps probes short).
     pub fn index_remove(&self, key: i32, slot: usize) {
         let mut h = key_hash(key);
-        loop {
+        let mut found = false;
+        for _ in 0..INDEX_SIZE {
             let v = *self.index(h);
             if v == 0 {
                 return;
             }
             if v == slot as u32 + 1 {
+                found = true;
                 break;
             }
             h = (h + 1) & (INDEX_SIZE - 1);
         }
+        if !found {
+            return;
+        }
         let mut hole = h;
         let mut j = h;
-        loop {
+        for _ in 0..INDEX_SIZE {
             j = (j + 1) & (INDEX_SIZE - 1);
             let v = *self.index(j);
-            if v == 0 {
+            if v == 0 || (v - 1) as usize >= MAX_SLOTS {
                 break;
             }
             let home = key_hash(self.slot((v - 1) as usize).key);
@@ -626,7 +640,9 @@ impl<'a> RegGuard<'a> {
     pub fn rec_add(&self, p: usize, slot: usize, n: u32) -> SysResult<()> {
         let serial = self.slot(slot).serial;
         let mut r = self.proc_entry(p).rec_head;
-        while r != NIL {
+        let mut steps = 0;
+        while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
+            steps += 1;
             let rec = self.rec(r as usize);
             if rec.slot as usize == slot && rec.serial == serial {
                 rec.count += n;
@@ -637,7 +653,7 @@ impl<'a> RegGuard<'a> {
         }
         let h = self.hdr();
         let r = h.rec_free;
-        if r == NIL {
+        if r == NIL || r as usize >= MAX_RECS {
             return Err(Errno(libc::ENOMEM));
         }
         let rec = self.rec(r as usize);
@@ -658,7 +674,9 @@ impl<'a> RegGuard<'a> {
     pub fn rec_sub(&self, p: usize, slot: usize, n: u32) {
         let serial = self.slot(slot).serial;
         let mut r = self.proc_entry(p).rec_head;
-        while r != NIL {
+        let mut steps = 0;
+        while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
+            steps += 1;
             let rec = self.rec(r as usize);
             if rec.slot as usize == slot && rec.serial == serial {
                 let n = n.min(rec.count);
@@ -691,8 +709,15 @@ impl<'a> RegGuard<'a> {
     pub fn reap_proc(&self, p: usize, now: i64) -> Vec<usize> {
         let pid = self.proc_entry(p).pid;
         let mut touched = Vec::new();
-        while self.proc_entry(p).rec_head != NIL {
+        let mut steps = 0;
+        while self.proc_entry(p).rec_head != NIL && steps <= MAX_RECS {
+            steps += 1;
             let r = self.proc_entry(p).rec_head;
+            if r as usize >= MAX_RECS || self.rec(r as usize).proc_ as usize != p + 1 {
+                // A list that does not hold up: rebuild it from the records.
+                self.rebuild_lists();
+                continue;
+            }
             let rec = self.rec(r as usize);
             let slot = rec.slot as usize;
             let n = rec.count;
@@ -711,8 +736,13 @@ impl<'a> RegGuard<'a> {
     pub fn slot_holders(&self, slot: usize, me: Option<usize>) -> Vec<usize> {
         let mut out = Vec::new();
         let mut r = self.slot(slot).rec_head;
-        while r != NIL {
+        let mut steps = 0;
+        while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
+            steps += 1;
             let rec = self.rec(r as usize);
+            if rec.proc_ == 0 || rec.proc_ as usize > MAX_PROCS {
+                break;
+            }
             let p = rec.proc_ as usize - 1;
             if Some(p) != me && !out.contains(&p) {
                 out.push(p);
@@ -731,7 +761,7 @@ impl<'a> RegGuard<'a> {
 
     /// Rebuilds every derived structure from primary data. Idempotent, so a holder
     /// that dies while repairing is repaired after in turn.
-    pub fn repair(&mut self) {
+    pub fn repair(&self) {
         let h = self.hdr();
         for i in 0..INDEX_SIZE {
             *self.index(i) = 0;
@@ -756,7 +786,7 @@ impl<'a> RegGuard<'a> {
     }
 
     /// Rebuilds record lists, the free list and every nattch from the records.
-    fn rebuild_lists(&mut self) {
+    fn rebuild_lists(&self) {
         for i in 0..MAX_SLOTS {
             let s = self.slot(i);
             s.rec_head = NIL;
@@ -818,7 +848,9 @@ impl<'a> RegGuard<'a> {
                 }
                 let mut n = 0u64;
                 let mut r = s.rec_head;
-                while r != NIL {
+                let mut steps = 0;
+                while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
+                    steps += 1;
                     n += self.rec(r as usize).count as u64;
                     r = self.rec(r as usize).next_slot;
                 }
@@ -842,7 +874,10 @@ fn unlink(head: &mut u32, r: u32, next: impl Fn(u32) -> *mut u32) {
     // SAFETY: every pointer comes from `next`, which points into the records region
     // of the mapping, or is `head` itself; the lock serialises access.
     unsafe {
-        while *cur != NIL {
+        for _ in 0..MAX_RECS {
+            if *cur == NIL || *cur as usize >= MAX_RECS {
+                return;
+            }
             if *cur == r {
                 *cur = *next(r);
                 return;
