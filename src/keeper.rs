@@ -111,7 +111,7 @@ pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<(
                         spawn(dir)?;
                         spawned = true;
                     }
-                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) => {}
+                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if spawned => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -215,6 +215,35 @@ pub fn spawn(dir: &Path) -> SysResult<()> {
     Ok(())
 }
 
+/// Finds a segment's memory in a live participating process when the keeper does
+/// not have it (the keeper died): any descriptor or mapping of the memfd, found
+/// through /proc/PID/fd and /proc/PID/map_files and checked by inode.
+pub fn recover_fd(reg: &Registry, ino: u64) -> Option<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let pids: Vec<i32> = {
+        let g = reg.try_lock().or_else(|| Some(reg.lock()))?;
+        g.all_procs(None).into_iter().filter(|&p| reg.proc_alive(p)).map(|p| g.proc_entry(p).pid).filter(|&pid| pid > 0).collect()
+    };
+    let me = sys::getpid();
+    for pid in std::iter::once(me).chain(pids.into_iter().filter(|&p| p != me)) {
+        for sub in ["fd", "map_files"] {
+            let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/{sub}")) else { continue };
+            for e in rd.flatten() {
+                let path = e.path();
+                if std::fs::metadata(&path).map(|m| m.ino() == ino).unwrap_or(false) {
+                    let Ok(c) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) else { continue };
+                    if let Ok(fd) = sys::open(&c, libc::O_RDWR, 0) {
+                        if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino == ino).unwrap_or(false) {
+                            return Some(fd);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
 // ------------------------------------------------------------------ keeper side
 
 /// Detaches from the caller (fork, setsid) and closes every inherited descriptor.
@@ -282,12 +311,12 @@ pub fn run(dir: &Path) -> i32 {
     // When the namespace empties the keeper lingers briefly, so that a program
     // cycling create/remove does not restart it each time.
     let mut empty_since: Option<Instant> = None;
+    let mut buf = [0u8; 64];
     loop {
         let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let timeout = if held.is_empty() { 100 } else { 500 };
         unsafe { libc::poll(&mut pfd, 1, timeout) };
-        let mut buf = [0u8; 64];
         while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
             let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
             handle(&reg, &mut held, m, r.fds, r.cred);
@@ -297,10 +326,50 @@ pub fn run(dir: &Path) -> i32 {
             // Reap dead attachers (destroying SHM_DEST segments they held last),
             // then close descriptors of segments that no longer exist.
             let Some(g) = crate::shm::try_reap_dead(&reg) else { continue };
+            // Every published segment's PUT was sent before its creator let go of
+            // the lock, so it is in the queue now: take it before looking for
+            // segments this keeper has no descriptor of.
+            while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
+                handle(&reg, &mut held, m, r.fds, r.cred);
+            }
             held.retain(|&serial, (slot, _)| {
                 let s = g.slot(*slot);
                 s.state == SLOT_USED && s.serial == serial
             });
+            // Segments nobody handed us: a previous keeper died. Adopt their memory
+            // from any live process that has it; memory nobody has is gone, as
+            // after a reboot, and so is the segment.
+            let orphans: Vec<(usize, u64, u64)> = (0..=g.hdr().max_idx.max(-1))
+                .map(|i| (i as usize, g.slot(i as usize)))
+                .filter(|(_, s)| s.state == SLOT_USED && !held.contains_key(&s.serial))
+                .map(|(i, s)| (i, s.serial, s.ino))
+                .collect();
+            if !orphans.is_empty() {
+                drop(g);
+                let mut lost = Vec::new();
+                for (slot, serial, ino) in orphans {
+                    match recover_fd(&reg, ino) {
+                        Some(fd) => {
+                            let n = fd.as_raw_fd();
+                            reg.slot_ref(slot).keeper_fd.store(((serial as u32 as u64) << 32) | n as u32 as u64, Ordering::Release);
+                            held.insert(serial, (slot, fd));
+                        }
+                        None => lost.push((slot, serial)),
+                    }
+                }
+                if !lost.is_empty() {
+                    if let Some(g) = reg.try_lock() {
+                        for (slot, serial) in lost {
+                            let s = g.slot(slot);
+                            if s.state == SLOT_USED && s.serial == serial && recover_fd(&reg, s.ino).is_none() {
+                                crate::shm::shm_destroy(&g, slot);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             let empty = held.is_empty() && g.hdr().in_use == 0 && !pending(sock.as_raw_fd());
             if !empty {
                 empty_since = None;

@@ -141,6 +141,11 @@ pub fn registry() -> SysResult<&'static Registry> {
         match res {
             Ok(reg) => {
                 crate::keeper::prepare(&cfg.dir);
+                // Every participating process gets a proc entry, so a restarted
+                // keeper can find segment memory that processes hold.
+                let mut local = LOCAL.lock();
+                let _ = ensure_proc(&mut local, &reg);
+                drop(local);
                 if cfg.shmmax.is_some() || cfg.shmall.is_some() || cfg.shmmni.is_some() {
                     reg.set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
                 }

@@ -527,7 +527,17 @@ fn segment_fd(local: &mut Local, reg: &Registry, info: &SegInfo, rdonly: bool) -
     if let Some(fd) = local.cached_fd(info.serial, info.ino, rdonly) {
         return Ok(fd);
     }
-    let fd = proc_keeper_fd(reg, info).or_else(|| keeper::get(&crate::config::get().dir, info.slot, info.serial).ok());
+    let dir = &crate::config::get().dir;
+    let fd = proc_keeper_fd(reg, info)
+        .or_else(|| keeper::get(dir, info.slot, info.serial).ok())
+        .or_else(|| {
+            // The keeper lost it (it died): take it from a live holder and hand
+            // it to a (restarted) keeper again.
+            let fd = keeper::recover_fd(reg, info.ino)?;
+            let msg = keeper::Msg { op: keeper::OP_PUT, slot: info.slot as u32, serial: info.serial, ..Default::default() };
+            let _ = keeper::send(dir, msg, &[fd.as_raw_fd()], true);
+            Some(fd)
+        });
     let fd = fd.ok_or(Errno(libc::EIDRM))?;
     if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0) != info.ino {
         return Err(Errno(libc::EIDRM)); // S16: destroyed meanwhile
