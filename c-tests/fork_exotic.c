@@ -1,8 +1,12 @@
 /* fork_exotic — S121 S124 S126 S118 S120
  * execve drops every attach while the process lives on; MADV_DONTFORK
  * attaches are not inherited; posix_spawn and vfork+exec children never
- * raise nattch, while _Fork() and a raw SYS_fork syscall (no atfork
- * handlers) inherit and count like fork.
+ * raise nattch, while _Fork() inherits and counts like fork.
+ *
+ * A raw SYS_fork syscall also inherits and counts on Linux (S126), but no
+ * userspace hook runs for it, so shmshim cannot count it: README "Known
+ * differences". This test checks what the shim does keep for such a child:
+ * the inherited attach shares memory with the parent both ways (S119).
  */
 #include "common.h"
 #include <spawn.h>
@@ -136,23 +140,28 @@ int main(int argc, char **argv)
     reap(c, "child-_Fork");
     show("S126", "_Fork child exited", id);
 
-    /* S126: raw fork syscall */
+    /* S126/S119: raw fork syscall — the child shares the attach's memory.
+     * (Its nattch is a known difference, not compared here.) */
     sync_init(&s);
     fflush(stdout);
+    volatile char *vp = (volatile char *)p;
+    vp[100] = 'p';
     long rc = syscall(SYS_fork);
     if (rc == 0) {
-        char ch = 'x';
+        char ch = vp[100];      /* sees the parent's write */
+        vp[101] = 'c';          /* the parent sees ours */
         syscall(SYS_write, s.c2p[1], &ch, 1);
         syscall(SYS_read, s.p2c[0], &ch, 1);
         syscall(SYS_exit_group, 0);
     }
     c = (pid_t)rc;
     name_pid(c, "child-rawfork");
-    sync_wait(s.c2p[0]);
-    show("S126", "raw fork child running", id);
+    char seen = 0;
+    if (read(s.c2p[0], &seen, 1) != 1) seen = '?';
+    out("S119 raw fork child read parent's byte: %c", seen);
+    out("S119 parent reads raw fork child's byte: %c", vp[101]);
     sync_send(s.p2c[1]);
     reap(c, "child-rawfork");
-    show("S126", "raw fork child exited", id);
 
     T("cleanup", shmdt(p));
     T("cleanup", shmctl(id, IPC_RMID, NULL));
