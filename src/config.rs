@@ -8,12 +8,21 @@
 //! | `SHMSHIM_SHMMAX`, `SHMSHIM_SHMALL`, `SHMSHIM_SHMMNI` | set the namespace's limits (like writing the sysctls) |
 //! | `SHMSHIM_LOG` | `1` or `stderr`: one line per call on stderr; any other value: a file to append to |
 //! | `SHMSHIM_KEEPER` | path of the `shmshim` binary used to start the keeper |
+//! | `SHMSHIM_MODE` | `emulate` (default), `native` (pass every call to the kernel), `auto` (the kernel where its SysV calls work, else emulate) |
 
 use once_cell::sync::OnceCell;
 use std::path::PathBuf;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Emulate,
+    Native,
+    Auto,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub mode: Mode,
     pub dir: PathBuf,
     pub dir_from_env: bool,
     pub shared: bool,
@@ -62,7 +71,17 @@ pub fn default_dir(uid: u32) -> PathBuf {
 impl Config {
     pub fn from_env() -> Config {
         let dir_env = env("SHMSHIM_DIR");
+        let mode = match env("SHMSHIM_MODE").as_deref() {
+            Some("native") => Mode::Native,
+            Some("auto") => Mode::Auto,
+            Some("emulate") | None => Mode::Emulate,
+            Some(other) => {
+                eprintln!("shmshim: SHMSHIM_MODE={other} is not one of emulate, native, auto; using emulate");
+                Mode::Emulate
+            }
+        };
         Config {
+            mode,
             dir_from_env: dir_env.is_some(),
             dir: dir_env.map(PathBuf::from).unwrap_or_else(|| default_dir(crate::sys::getuid())),
             shared: env("SHMSHIM_SHARED").map(|v| v == "1" || v == "yes" || v == "true").unwrap_or(false),
@@ -99,4 +118,27 @@ pub fn host_limits() -> crate::registry::Limits {
         shmall: c.shmall.unwrap_or_else(|| rd("shmall", BUILTIN)),
         shmmni: c.shmmni.unwrap_or_else(|| rd("shmmni", 4096)).min(crate::registry::MAX_SLOTS as u64),
     }
+}
+
+static EMULATING: OnceCell<bool> = OnceCell::new();
+
+/// Whether this process emulates SysV shm (decided once). `auto` probes the kernel
+/// with a side-effect-free IPC_INFO by raw syscall: working SysV IPC means native;
+/// ENOSYS or EPERM (seccomp, no CONFIG_SYSVIPC) means emulate.
+pub fn emulating() -> bool {
+    *EMULATING.get_or_init(|| {
+        let (on, why) = match get().mode {
+            Mode::Emulate => (true, "SHMSHIM_MODE=emulate"),
+            Mode::Native => (false, "SHMSHIM_MODE=native"),
+            Mode::Auto => {
+                let mut buf = [0u64; 16];
+                match crate::sys::raw_shmctl(0, 3, buf.as_mut_ptr() as usize) {
+                    Err(crate::sys::Errno(libc::ENOSYS)) | Err(crate::sys::Errno(libc::EPERM)) => (true, "auto: the kernel's SysV shm is unavailable"),
+                    _ => (false, "auto: the kernel's SysV shm works"),
+                }
+            }
+        };
+        crate::log::write_line(&format!("shmshim[{}]: mode {} ({why})\n", crate::sys::getpid(), if on { "emulate" } else { "native" }));
+        on
+    })
 }

@@ -6,14 +6,46 @@
 //! - `munmap`, `mprotect`, `madvise`, `mremap`: to follow attach fragments
 //!   (S71–S74, S124); they forward to the kernel by raw syscall first;
 //! - `fork`, `_Fork`: so a child's inherited attaches count in nattch as soon as
-//!   fork returns (S118, S126).
+//!   fork returns (S118, S126);
+//! - `syscall`: `syscall(SYS_shmget, …)` and the other three reach the shim too
+//!   (S155); every other number passes through untouched;
+//! - the `open`/`fopen` family, for `/proc/sysvipc/shm` only: programs such as
+//!   `ipcs` read the shim's namespace in the kernel's format (S138–S140).
+//!
+//! With `SHMSHIM_MODE=native` (or `auto` where the kernel's SysV IPC works) the
+//! four calls go to the kernel and nothing else is intercepted.
 
+use crate::config::emulating;
 use crate::log;
 use crate::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
 use crate::shm::{self, VmChange};
 use crate::sys::{self, Errno, SysResult};
-use libc::{c_int, c_void, pid_t, size_t};
-use std::sync::atomic::Ordering;
+use libc::{c_char, c_int, c_long, c_uint, c_void, pid_t, size_t};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The next definition of an interposed libc function, looked up once.
+macro_rules! next_fn {
+    ($name:literal, $ty:ty) => {{
+        static P: AtomicUsize = AtomicUsize::new(0);
+        let mut p = P.load(Ordering::Relaxed);
+        if p == 0 {
+            p = sys::next_symbol($name).unwrap_or(0);
+            P.store(p, Ordering::Relaxed);
+        }
+        if p == 0 {
+            None
+        } else {
+            // SAFETY: p is the address dlsym returned for this libc function,
+            // whose C prototype is exactly $ty.
+            Some(unsafe { std::mem::transmute::<usize, $ty>(p) })
+        }
+    }};
+}
+
+fn enosys<T>(v: T) -> T {
+    sys::set_errno(libc::ENOSYS);
+    v
+}
 
 fn guarded<T>(f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
     let _r = Reentry::enter();
@@ -36,6 +68,10 @@ fn finish<T: Copy>(r: SysResult<T>, err_val: T) -> T {
 /// shmget(2).
 #[no_mangle]
 pub extern "C" fn shmget(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int {
+    if !emulating() {
+        // SAFETY: forwarding the caller's arguments to libc's shmget.
+        return next_fn!(c"shmget", unsafe extern "C" fn(libc::key_t, size_t, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(key, size, shmflg) });
+    }
     let r = guarded(|| shm::shmget(key, size, shmflg));
     log::call(|| format!("shmget(key={key:#x}, size={size}, flg={shmflg:#o})"), r.map(|v| v as i64));
     finish(r, -1)
@@ -44,6 +80,11 @@ pub extern "C" fn shmget(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int
 /// shmat(2). Errors return (void *)-1.
 #[no_mangle]
 pub extern "C" fn shmat(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> *mut c_void {
+    if !emulating() {
+        // SAFETY: forwarding the caller's arguments to libc's shmat.
+        return next_fn!(c"shmat", unsafe extern "C" fn(c_int, *const c_void, c_int) -> *mut c_void)
+            .map_or_else(|| enosys(usize::MAX as *mut c_void), |f| unsafe { f(shmid, shmaddr, shmflg) });
+    }
     let r = guarded(|| shm::do_shmat(shmid, shmaddr as usize, shmflg));
     log::call(|| format!("shmat(id={shmid}, addr={shmaddr:p}, flg={shmflg:#o})"), r.map(|v| v as i64));
     finish(r.map(|a| a as *mut c_void), usize::MAX as *mut c_void)
@@ -52,6 +93,10 @@ pub extern "C" fn shmat(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> 
 /// shmdt(2).
 #[no_mangle]
 pub extern "C" fn shmdt(shmaddr: *const c_void) -> c_int {
+    if !emulating() {
+        // SAFETY: forwarding the caller's argument to libc's shmdt.
+        return next_fn!(c"shmdt", unsafe extern "C" fn(*const c_void) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(shmaddr) });
+    }
     let r = guarded(|| shm::shmdt(shmaddr as usize));
     log::call(|| format!("shmdt(addr={shmaddr:p})"), r.map(|_| 0));
     finish(r.map(|_| 0), -1)
@@ -61,6 +106,10 @@ pub extern "C" fn shmdt(shmaddr: *const c_void) -> c_int {
 /// unversioned definition interposes.
 #[no_mangle]
 pub extern "C" fn shmctl(shmid: c_int, cmd: c_int, buf: *mut c_void) -> c_int {
+    if !emulating() {
+        // SAFETY: forwarding the caller's arguments to libc's shmctl.
+        return next_fn!(c"shmctl", unsafe extern "C" fn(c_int, c_int, *mut c_void) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(shmid, cmd, buf) });
+    }
     let r = guarded(|| shm::shmctl(shmid, cmd, buf as usize));
     log::call(|| format!("shmctl(id={shmid}, cmd={cmd}, buf={buf:p})"), r.map(|v| v as i64));
     finish(r, -1)
@@ -267,4 +316,148 @@ pub extern "C" fn _Fork() -> pid_t {
             -1
         }
     }
+}
+
+// ------------------------------------------------------------ syscall(2)
+
+type SyscallFn = unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
+
+/// syscall(2). It is variadic in C; on x86_64 and aarch64 the six possible
+/// arguments arrive in registers whether or not the caller passed them, and are
+/// forwarded unchanged.
+#[no_mangle]
+pub extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
+    let shm = matches!(n, libc::SYS_shmget | libc::SYS_shmat | libc::SYS_shmctl | libc::SYS_shmdt);
+    if shm && !Reentry::active() && emulating() {
+        return match n {
+            libc::SYS_shmget => shmget(a1 as libc::key_t, a2 as size_t, a3 as c_int) as c_long,
+            libc::SYS_shmat => shmat(a1 as c_int, a2 as *const c_void, a3 as c_int) as c_long,
+            libc::SYS_shmctl => shmctl(a1 as c_int, a2 as c_int, a3 as *mut c_void) as c_long,
+            _ => shmdt(a1 as *const c_void) as c_long,
+        };
+    }
+    match next_fn!(c"syscall", SyscallFn) {
+        // SAFETY: forwarding every argument unchanged to libc's syscall().
+        Some(f) => unsafe { f(n, a1, a2, a3, a4, a5, a6) },
+        None => enosys(-1),
+    }
+}
+
+// ------------------------------------------------------------ /proc/sysvipc/shm
+
+const SYSVIPC_SHM: &[u8] = b"/proc/sysvipc/shm";
+
+fn is_sysvipc(path: *const c_char) -> bool {
+    if path.is_null() {
+        return false;
+    }
+    // SAFETY: the caller passed a NUL-terminated path (as open(2) requires); we
+    // read at most up to its NUL.
+    let b = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    b == SYSVIPC_SHM && emulating()
+}
+
+/// A descriptor reading the shim's namespace in /proc/sysvipc/shm's format.
+fn sysvipc_open(flags: c_int) -> c_int {
+    let r = guarded(|| {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno(libc::EACCES)); // the file is 0444
+        }
+        let reg = process::registry()?;
+        let text = shm::sysvipc_text(reg);
+        let fd = sys::memfd_create(c"sysvipc_shm", if flags & libc::O_CLOEXEC != 0 { libc::MFD_CLOEXEC } else { 0 })?;
+        sys::pwrite_all(std::os::fd::AsRawFd::as_raw_fd(&fd), text.as_bytes(), 0)?;
+        Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    });
+    finish(r, -1)
+}
+
+type OpenFn = unsafe extern "C" fn(*const c_char, c_int, c_uint) -> c_int;
+type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int;
+type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
+
+/// open(2); `mode` is read only with O_CREAT/O_TMPFILE, as in C.
+#[no_mangle]
+pub extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"open", OpenFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags, mode) })
+}
+
+#[no_mangle]
+pub extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"open64", OpenFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags, mode) })
+}
+
+#[no_mangle]
+pub extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"__open_2", unsafe extern "C" fn(*const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags) })
+}
+
+#[no_mangle]
+pub extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"__open64_2", unsafe extern "C" fn(*const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags) })
+}
+
+#[no_mangle]
+pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"openat", OpenatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags, mode) })
+}
+
+#[no_mangle]
+pub extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"openat64", OpenatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags, mode) })
+}
+
+fn sysvipc_fopen(mode: *const c_char) -> *mut libc::FILE {
+    let fd = sysvipc_open(libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: fd is a descriptor we just opened; `mode` is the caller's string.
+    let f = unsafe { libc::fdopen(fd, mode) };
+    if f.is_null() {
+        sys::close(fd);
+    }
+    f
+}
+
+#[no_mangle]
+pub extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    if is_sysvipc(path) {
+        return sysvipc_fopen(mode);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"fopen", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })
+}
+
+#[no_mangle]
+pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    if is_sysvipc(path) {
+        return sysvipc_fopen(mode);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"fopen64", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })
 }

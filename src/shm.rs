@@ -877,6 +877,37 @@ pub fn list_segments(reg: &Registry) -> Vec<SegStat> {
         .collect()
 }
 
+/// The namespace as /proc/sysvipc/shm shows it on 64-bit kernels (S138–S140).
+pub fn sysvipc_text(reg: &Registry) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n",
+    );
+    for s in list_segments(reg) {
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10}  {:>4o} {:>21} {:>5} {:>5}  {:>5} {:>5} {:>5} {:>5} {:>5} {:>10} {:>10} {:>10} {:>21} {:>21}",
+            s.key,
+            s.id,
+            s.mode,
+            s.segsz,
+            s.cpid,
+            s.lpid,
+            s.nattch,
+            s.uid,
+            s.gid,
+            s.cuid,
+            s.cgid,
+            s.atime,
+            s.dtime,
+            s.ctime,
+            s.rss_pages * PAGE as u64,
+            0
+        );
+    }
+    out
+}
+
 /// Resident pages of a segment (SHM_INFO shm_rss): the memfd's allocated blocks.
 fn resident_pages(reg: &Registry, s: &Slot) -> u64 {
     if let Some(st) = LOCAL

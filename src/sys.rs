@@ -570,3 +570,37 @@ pub fn now() -> i64 {
 pub fn read_small(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
+
+/// shmctl straight to the kernel, bypassing libc and the shim's own `syscall`
+/// hook (used once, to probe whether native SysV IPC works).
+pub fn raw_shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i64> {
+    let r: i64;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the shmctl system call with a buffer we own (IPC_INFO writes at
+    // most 72 bytes); no other state is touched.
+    unsafe {
+        std::arch::asm!("syscall", inlateout("rax") libc::SYS_shmctl => r, in("rdi") id as i64, in("rsi") cmd as i64,
+            in("rdx") buf, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        std::arch::asm!("svc 0", inlateout("x0") id as i64 => r, in("x1") cmd as i64, in("x2") buf, in("x8") libc::SYS_shmctl, options(nostack));
+    }
+    if (-4095..0).contains(&r) {
+        Err(Errno(-r as i32))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Looks up the next definition of a libc function (the one the shim interposes).
+pub fn next_symbol(name: &CStr) -> Option<usize> {
+    // SAFETY: dlsym(RTLD_NEXT) only reads the loader's symbol tables.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        None
+    } else {
+        Some(p as usize)
+    }
+}
