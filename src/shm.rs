@@ -161,6 +161,39 @@ pub fn reap_dead(reg: &Registry) {
     reap_all(&g, None);
 }
 
+/// What `shmshim gc` did.
+pub struct GcReport {
+    pub procs: usize,
+    pub fragments: u64,
+    pub destroyed: usize,
+}
+
+/// Reaps every dead or exec'd attacher and reports what that changed.
+pub fn gc(reg: &Registry) -> GcReport {
+    let g = reg.lock();
+    let before = g.hdr().in_use;
+    let mut rep = GcReport { procs: 0, fragments: 0, destroyed: 0 };
+    let now = sys::now();
+    for p in g.all_procs(my_entry()) {
+        if g.reg.proc_alive(p) {
+            continue;
+        }
+        let mut r = g.proc_entry(p).rec_head;
+        let mut steps = 0;
+        while r != registry::NIL && (r as usize) < registry::MAX_RECS && steps < registry::MAX_RECS {
+            rep.fragments += g.rec(r as usize).count as u64;
+            r = g.rec(r as usize).next_proc;
+            steps += 1;
+        }
+        rep.procs += 1;
+        for s in g.reap_proc(p, now) {
+            maybe_destroy(&g, s);
+        }
+    }
+    rep.destroyed = (before - g.hdr().in_use) as usize;
+    rep
+}
+
 /// The keeper's sweep: like reap_dead but never waits for the lock.
 pub fn try_reap_dead(reg: &Registry) -> Option<RegGuard<'_>> {
     let g = reg.try_lock()?;

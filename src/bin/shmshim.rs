@@ -13,14 +13,42 @@ usage: shmshim <command> [args]
 commands:
   run [--] PROGRAM [ARGS...]   run PROGRAM with System V shared memory served by shmshim
   run                          run the built-in demo (unrelated processes share a segment by key)
-  ls                           list the namespace's segments (like `ipcs -m`)
+  ls [--json]                  list the namespace's segments (the layout of `ipcs -m`)
+  stat ID                      show one segment's struct shmid_ds
   rm ID... | rm --key KEY...   remove segments (like `ipcrm -m` / `ipcrm -M`)
+  gc                           detach what dead or exec'd processes left attached; report it
   check                        verify the registry's invariants
   keeper --dir DIR [--daemon]  serve a namespace's segment memory (started automatically)
+
+`shmshim COMMAND --help` describes one command.
 
 environment: SHMSHIM_DIR (namespace directory), SHMSHIM_LIB (library to preload),
 SHMSHIM_LOG, SHMSHIM_SHMMAX / SHMSHIM_SHMALL / SHMSHIM_SHMMNI (limits); see README.md.
 ";
+
+fn command_help(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "run" => "usage: shmshim run [--] PROGRAM [ARGS...]\n\nRuns PROGRAM with libshmshim.so preloaded (put first in LD_PRELOAD, whatever the\nenvironment holds), so its shmget/shmat/shmdt/shmctl are served by shmshim in the\nnamespace $SHMSHIM_DIR. The exit status is PROGRAM's. Without PROGRAM, runs a demo:\na writer process creates a segment by key and exits, an unrelated reader finds it\nand reads it, then it is removed.\n",
+        "ls" => "usage: shmshim ls [--json]\n\nLists the segments of the namespace $SHMSHIM_DIR in the layout of `ipcs -m`\n(key, shmid, owner, perms, bytes, nattch, status), after detaching what dead\nprocesses left. --json prints the full struct shmid_ds of each as JSON.\n",
+        "stat" => "usage: shmshim stat ID\n\nPrints the struct shmid_ds of segment ID (as IPC_STAT returns it).\n",
+        "rm" => "usage: shmshim rm ID... | shmshim rm --key KEY...\n\nRemoves segments by id (like `ipcrm -m`) or by key (like `ipcrm -M`). A segment\nstill attached is marked for destruction and goes at its last detach.\n",
+        "gc" => "usage: shmshim gc\n\nDetaches the attaches of processes that died or exec'd (they are also detached\nwhenever someone looks), destroys removed segments they held last, and reports\nwhat it did.\n",
+        "check" => "usage: shmshim check\n\nVerifies the registry's invariants (counters, key index, nattch against attach\nrecords); exit status 1 if one does not hold.\n",
+        "keeper" => "usage: shmshim keeper --dir DIR [--daemon]\n\nHolds the memory of the namespace DIR's segments while no process has it. The\nlibrary starts it by itself when needed; it exits when the namespace is empty.\n",
+        _ => return None,
+    })
+}
+
+fn mode_line() -> String {
+    use shmshim::config::{get, Mode};
+    let m = match get().mode {
+        Mode::Emulate => "emulate",
+        Mode::Native => "native",
+        Mode::Auto => "auto",
+    };
+    let effective = if shmshim::config::emulating() { "emulated by shmshim" } else { "served by the kernel (ipcs -m lists them)" };
+    format!("namespace {} (SHMSHIM_MODE={m}: segments {effective})", get().dir.display())
+}
 
 fn die(msg: &str) -> ! {
     eprintln!("shmshim: {msg}");
@@ -162,11 +190,51 @@ fn open_registry() -> &'static registry::Registry {
     process::registry().unwrap_or_else(|_| die("the namespace's registry cannot be used (see the message above)"))
 }
 
-fn cmd_ls() -> i32 {
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn seg_json(s: &shm::SegStat) -> String {
+    format!(
+        "{{\"shmid\":{},\"key\":{},\"uid\":{},\"gid\":{},\"cuid\":{},\"cgid\":{},\"mode\":{},\"perms\":\"{:o}\",\"dest\":{},\"locked\":{},\"segsz\":{},\"atime\":{},\"dtime\":{},\"ctime\":{},\"cpid\":{},\"lpid\":{},\"nattch\":{},\"rss_bytes\":{}}}",
+        s.id, s.key, s.uid, s.gid, s.cuid, s.cgid, s.mode, s.mode & 0o777,
+        s.mode & registry::SHM_DEST != 0, s.mode & registry::SHM_LOCKED != 0,
+        s.segsz, s.atime, s.dtime, s.ctime, s.cpid, s.lpid, s.nattch, s.rss_pages * 4096
+    )
+}
+
+fn cmd_ls(args: &[String]) -> i32 {
+    let json = match args.first().map(|s| s.as_str()) {
+        None => false,
+        Some("--json") => true,
+        Some(other) => die(&format!("ls: unknown option {other}; see `shmshim ls --help`")),
+    };
     let reg = open_registry();
+    let segs = shm::list_segments(reg);
+    if json {
+        let list: Vec<String> = segs.iter().map(seg_json).collect();
+        println!(
+            "{{\"namespace\":{},\"mode\":{},\"segments\":[{}]}}",
+            json_str(&shmshim::config::get().dir.display().to_string()),
+            json_str(if shmshim::config::emulating() { "emulate" } else { "native" }),
+            list.join(",")
+        );
+        return 0;
+    }
+    println!("{}", mode_line());
     println!("\n------ Shared Memory Segments --------");
     println!("{:<10} {:<10} {:<10} {:<10} {:<10} {:<10} {:<12}", "key", "shmid", "owner", "perms", "bytes", "nattch", "status");
-    for s in shm::list_segments(reg) {
+    for s in segs {
         let owner = user_name(s.uid);
         let mut status = String::new();
         if s.mode & registry::SHM_DEST != 0 {
@@ -233,7 +301,7 @@ fn cmd_rm(args: &[String]) -> i32 {
         let id = if by_key {
             let id = shmshim::hooks::shmget(n as i32, 0, 0);
             if id < 0 {
-                eprintln!("shmshim rm: key {a}: {}", std::io::Error::last_os_error());
+                eprintln!("shmshim rm: key {a}: {} (no live segment has this key; `shmshim ls` lists them)", std::io::Error::last_os_error());
                 status = 1;
                 continue;
             }
@@ -242,11 +310,43 @@ fn cmd_rm(args: &[String]) -> i32 {
             n as i32
         };
         if shmshim::hooks::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) != 0 {
-            eprintln!("shmshim rm: id {id}: {}", std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EINVAL) => "no such segment; `shmshim ls` lists them",
+                Some(libc::EPERM) => "only the owner, the creator or root may remove it",
+                _ => "",
+            };
+            eprintln!("shmshim rm: id {id}: {e}{}{hint}", if hint.is_empty() { "" } else { ": " });
             status = 1;
         }
     }
     status
+}
+
+fn cmd_stat(args: &[String]) -> i32 {
+    let Some(id) = args.first().and_then(|a| parse_num(a)) else { die("stat: give a segment id; see `shmshim ls`") };
+    let reg = open_registry();
+    let Some(s) = shm::list_segments(reg).into_iter().find(|s| s.id as i64 == id) else {
+        eprintln!("shmshim stat: no segment with id {id} in {} (see `shmshim ls`)", shmshim::config::get().dir.display());
+        return 1;
+    };
+    let t = |v: i64| if v == 0 { "not set".to_string() } else { v.to_string() };
+    println!("shmid {}\nkey 0x{:08x} ({})\nuid {} gid {} cuid {} cgid {}\nmode {:o}{}{}\nsegsz {}\ncpid {} lpid {} nattch {}\natime {} dtime {} ctime {}\nrss {} bytes",
+        s.id, s.key as u32, s.key, s.uid, s.gid, s.cuid, s.cgid, s.mode & 0o777,
+        if s.mode & registry::SHM_DEST != 0 { " dest" } else { "" },
+        if s.mode & registry::SHM_LOCKED != 0 { " locked" } else { "" },
+        s.segsz, s.cpid, s.lpid, s.nattch, t(s.atime), t(s.dtime), t(s.ctime), s.rss_pages * 4096);
+    0
+}
+
+fn cmd_gc() -> i32 {
+    let reg = open_registry();
+    let r = shm::gc(reg);
+    println!(
+        "gc: {} dead or exec'd process(es) held {} attach fragment(s); detached them; {} removed segment(s) destroyed",
+        r.procs, r.fragments, r.destroyed
+    );
+    0
 }
 
 fn cmd_check() -> i32 {
@@ -272,9 +372,24 @@ fn main() {
         exit(2)
     };
     let rest = &args[2..];
+    if cmd != "run" && rest.iter().any(|a| a == "--help" || a == "-h") {
+        match command_help(cmd) {
+            Some(h) => {
+                print!("{h}");
+                exit(0)
+            }
+            None => die(&format!("unknown command {cmd:?}; see `shmshim --help`")),
+        }
+    }
+    if cmd == "run" && matches!(rest.first().map(|s| s.as_str()), Some("--help") | Some("-h")) {
+        print!("{}", command_help("run").unwrap_or_default());
+        exit(0)
+    }
     let code = match cmd.as_str() {
         "run" => cmd_run(rest),
-        "ls" => cmd_ls(),
+        "ls" => cmd_ls(rest),
+        "stat" => cmd_stat(rest),
+        "gc" => cmd_gc(),
         "rm" => cmd_rm(rest),
         "check" => cmd_check(),
         "demo-step" => demo_step(rest.first().map(|s| s.as_str()).unwrap_or("")),
