@@ -267,3 +267,12 @@ fn foreign_files_are_refused_with_a_clear_error() {
     assert_eq!(u32::from_ne_bytes(b), 99);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn record_sizes_are_as_documented() {
+    // docs/ARCHITECTURE.md states these per-segment / per-process / per-attach costs.
+    assert_eq!(std::mem::size_of::<Slot>(), 136);
+    assert_eq!(std::mem::size_of::<ProcEntry>(), 16);
+    assert_eq!(std::mem::size_of::<Rec>(), 32);
+    assert_eq!(FILE_SIZE, HEADER_SIZE + MAX_SLOTS * 136 + INDEX_SIZE * 4 + MAX_PROCS * 16 + MAX_RECS * 32);
+}
