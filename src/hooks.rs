@@ -110,7 +110,10 @@ pub extern "C" fn shmctl(shmid: c_int, cmd: c_int, buf: *mut c_void) -> c_int {
         // SAFETY: forwarding the caller's arguments to libc's shmctl.
         return next_fn!(c"shmctl", unsafe extern "C" fn(c_int, c_int, *mut c_void) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(shmid, cmd, buf) });
     }
+    let frame = 0u8;
+    sys::set_caller_sp(&frame as *const u8 as usize);
     let r = guarded(|| shm::shmctl(shmid, cmd, buf as usize));
+    sys::set_caller_sp(0);
     log::call(|| format!("shmctl(id={shmid}, cmd={cmd}, buf={buf:p})"), r.map(|v| v as i64));
     finish(r, -1)
 }
@@ -267,12 +270,14 @@ fn forking(real: ForkFn) -> pid_t {
                 local.live_fd = Some(fd);
                 local.me = Some(p);
                 local.pid = sys::getpid();
+                process::set_my_entry(Some(p));
                 let g = reg.lock();
                 g.proc_entry(p).pid = sys::getpid();
             }
             None => {
                 local.live_fd = None;
                 local.me = None;
+                process::set_my_entry(None);
             }
         }
         for a in local.attaches.iter_mut() {
@@ -461,3 +466,32 @@ pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"fopen64", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })
 }
+
+// ------------------------------------------------------------ credential changes
+
+/// Forwards a credential-changing libc call, then invalidates the cached
+/// euid/egid (`sys::eids`). glibc applies these to every thread of the process.
+macro_rules! cred_hook {
+    ($name:ident, $cname:literal, ($($arg:ident : $ty:ty),*)) => {
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> c_int {
+            // SAFETY: forwarding the caller's arguments to libc.
+            let r = next_fn!($cname, unsafe extern "C" fn($($ty),*) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f($($arg),*) });
+            sys::CRED_GEN.fetch_add(1, Ordering::AcqRel);
+            r
+        }
+    };
+}
+
+cred_hook!(setuid, c"setuid", (uid: libc::uid_t));
+cred_hook!(seteuid, c"seteuid", (uid: libc::uid_t));
+cred_hook!(setreuid, c"setreuid", (ruid: libc::uid_t, euid: libc::uid_t));
+cred_hook!(setresuid, c"setresuid", (ruid: libc::uid_t, euid: libc::uid_t, suid: libc::uid_t));
+cred_hook!(setgid, c"setgid", (gid: libc::gid_t));
+cred_hook!(setegid, c"setegid", (gid: libc::gid_t));
+cred_hook!(setregid, c"setregid", (rgid: libc::gid_t, egid: libc::gid_t));
+cred_hook!(setresgid, c"setresgid", (rgid: libc::gid_t, egid: libc::gid_t, sgid: libc::gid_t));
+cred_hook!(setgroups, c"setgroups", (n: size_t, list: *const libc::gid_t));
+cred_hook!(setfsuid, c"setfsuid", (uid: libc::uid_t));
+cred_hook!(setfsgid, c"setfsgid", (gid: libc::gid_t));
+cred_hook!(capset, c"capset", (hdr: *mut c_void, data: *const c_void));

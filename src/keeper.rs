@@ -321,7 +321,11 @@ pub fn run(dir: &Path) -> i32 {
             let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
             handle(&reg, &mut held, m, r.fds, r.cred);
         }
-        if last_sweep.elapsed() >= Duration::from_millis(1000) || held.is_empty() || empty_since.is_some() {
+        // Sweep once a second, and every 100 ms while the namespace looks empty
+        // (to exit on time), never on every message: creators wait on nothing the
+        // sweep does, but it competes with them for the lock and the CPU.
+        let period = if held.is_empty() { Duration::from_millis(100) } else { Duration::from_millis(1000) };
+        if last_sweep.elapsed() >= period {
             last_sweep = Instant::now();
             // Reap dead attachers (destroying SHM_DEST segments they held last),
             // then close descriptors of segments that no longer exist.

@@ -82,6 +82,22 @@ pub static LOCAL: Mutex<Local> = Mutex::new(Local {
     pid: 0,
 });
 
+/// This process's proc entry (usize::MAX: none), readable without LOCAL.
+static ME: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+pub fn my_entry() -> Option<usize> {
+    let v = ME.load(Ordering::Acquire);
+    if v == usize::MAX {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+pub fn set_my_entry(me: Option<usize>) {
+    ME.store(me.unwrap_or(usize::MAX), Ordering::Release);
+}
+
 /// Number of fragments this process has: lets the munmap/mprotect hooks return at
 /// once in processes without attaches.
 pub static NFRAGS: AtomicUsize = AtomicUsize::new(0);
@@ -173,6 +189,7 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
         }
         // Raw fork: the entry and its lock belong to our parent.
         local.me = None;
+        set_my_entry(None);
         local.live_fd = None;
         local.attaches.clear();
         local.publish_count();
@@ -184,6 +201,7 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
     local.live_fd = Some(fd);
     local.me = Some(p);
     local.pid = pid;
+    set_my_entry(Some(p));
     Ok(p)
 }
 

@@ -54,7 +54,8 @@ pub struct Creds {
 
 impl Creds {
     pub fn current() -> Creds {
-        Creds { euid: sys::geteuid(), egid: sys::getegid(), caps: None, groups: None }
+        let (euid, egid) = sys::eids();
+        Creds { euid, egid, caps: None, groups: None }
     }
 
     pub fn capable(&mut self, cap: u32) -> bool {
@@ -202,7 +203,7 @@ pub fn try_reap_dead(reg: &Registry) -> Option<RegGuard<'_>> {
 }
 
 fn my_entry() -> Option<usize> {
-    LOCAL.try_lock().and_then(|l| l.me)
+    process::my_entry()
 }
 
 // ----------------------------------------------------------------- shmget
@@ -216,36 +217,43 @@ struct GetParams {
 /// shmget(2): lookup or creation (S22–S48).
 pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
     let reg = process::registry()?;
+    let p = GetParams { key, size, flg };
+    if key != 0 {
+        // Fast path: a lookup needs only the registry lock.
+        let g = reg.lock();
+        match g.find_key(key) {
+            Some(slot) => return lookup_checks(&g, slot, &p),
+            None if flg & IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
+            None => {}
+        }
+    }
     let mut local = LOCAL.lock();
     let g = reg.lock();
     local.sweep_fds(&g);
-    let p = GetParams { key, size, flg };
     if key == 0 {
         // S22: IPC_PRIVATE always creates.
         return newseg(&mut local, &g, &p);
     }
+    // Look again: the key may have been created while no lock was held.
     match g.find_key(key) {
-        None => {
-            if flg & IPC_CREAT == 0 {
-                return Err(Errno(libc::ENOENT)); // S32
-            }
-            newseg(&mut local, &g, &p)
-        }
-        Some(slot) => {
-            // S44: EEXIST → EINVAL (size) → EACCES.
-            if flg & IPC_CREAT != 0 && flg & IPC_EXCL != 0 {
-                return Err(Errno(libc::EEXIST)); // S34
-            }
-            let s = g.slot(slot);
-            if (s.segsz as usize) < size {
-                return einval(); // S30
-            }
-            if !Creds::current().ipcperms(s, flg) {
-                return Err(Errno(libc::EACCES)); // S36, S117
-            }
-            Ok(make_id(s.seq, slot as u32))
-        }
+        None => newseg(&mut local, &g, &p),
+        Some(slot) => lookup_checks(&g, slot, &p),
     }
+}
+
+/// The lookup path's checks, in the kernel's order (S44).
+fn lookup_checks(g: &RegGuard, slot: usize, p: &GetParams) -> SysResult<i32> {
+    if p.flg & IPC_CREAT != 0 && p.flg & IPC_EXCL != 0 {
+        return Err(Errno(libc::EEXIST)); // S34
+    }
+    let s = g.slot(slot);
+    if (s.segsz as usize) < p.size {
+        return einval(); // S30
+    }
+    if !Creds::current().ipcperms(s, p.flg) {
+        return Err(Errno(libc::EACCES)); // S36, S117
+    }
+    Ok(make_id(s.seq, slot as u32))
 }
 
 /// Huge page size selected by shmflg bits 26..31 (S3); 0 = the default size.
@@ -284,12 +292,13 @@ fn in_hugetlb_group(creds: &mut Creds) -> bool {
 /// accounted: overcommit mode 0 refuses more than RAM + swap, mode 2 enforces
 /// CommitLimit (and then ignores SHM_NORESERVE).
 fn commit_check(bytes: u64, noreserve: bool) -> SysResult<()> {
-    let mode = sys::read_small("/proc/sys/vm/overcommit_memory").and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(0);
-    if mode == 1 || (noreserve && mode != 2) {
-        return Ok(());
-    }
-    let meminfo = sys::read_small("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
+    use std::sync::atomic::{AtomicI64, AtomicU64};
+    // The mode and RAM + swap are re-read at most once a second: reading procfs
+    // on every creation would cost more than the creation itself.
+    static READ_AT: AtomicI64 = AtomicI64::new(i64::MIN);
+    static MODE: AtomicU64 = AtomicU64::new(0);
+    static TOTAL_PAGES: AtomicU64 = AtomicU64::new(u64::MAX);
+    let meminfo_field = |meminfo: &str, name: &str| {
         meminfo
             .lines()
             .find(|l| l.starts_with(name))
@@ -297,11 +306,25 @@ fn commit_check(bytes: u64, noreserve: bool) -> SysResult<()> {
             .unwrap_or(0)
             * 1024
     };
+    let now = sys::now();
+    if READ_AT.load(Ordering::Acquire) != now {
+        let mode = sys::read_small("/proc/sys/vm/overcommit_memory").and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        let meminfo = sys::read_small("/proc/meminfo").unwrap_or_default();
+        let total = (meminfo_field(&meminfo, "MemTotal:") + meminfo_field(&meminfo, "SwapTotal:")) / PAGE as u64;
+        MODE.store(mode, Ordering::Release);
+        TOTAL_PAGES.store(if total == 0 { u64::MAX } else { total }, Ordering::Release);
+        READ_AT.store(now, Ordering::Release);
+    }
+    let mode = MODE.load(Ordering::Acquire);
+    if mode == 1 || (noreserve && mode != 2) {
+        return Ok(());
+    }
     let pages = bytes.div_ceil(PAGE as u64);
     let ok = if mode == 2 {
-        field("Committed_AS:") / PAGE as u64 + pages <= field("CommitLimit:") / PAGE as u64
+        let meminfo = sys::read_small("/proc/meminfo").unwrap_or_default();
+        meminfo_field(&meminfo, "Committed_AS:") / PAGE as u64 + pages <= meminfo_field(&meminfo, "CommitLimit:") / PAGE as u64
     } else {
-        pages <= (field("MemTotal:") + field("SwapTotal:")) / PAGE as u64
+        pages <= TOTAL_PAGES.load(Ordering::Acquire)
     };
     if ok {
         Ok(())

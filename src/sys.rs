@@ -135,6 +135,13 @@ pub fn copy_to_user(dst: usize, src: &[u8]) -> SysResult<()> {
     if dst == 0 {
         return Err(Errno(libc::EFAULT));
     }
+    if on_own_stack(dst, src.len()) {
+        // SAFETY: on_own_stack proved the destination is mapped, writable stack
+        // memory above our own frame, and it cannot overlap `src` (which is in our
+        // frame or below).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        return Ok(());
+    }
     let local = libc::iovec { iov_base: src.as_ptr() as *mut _, iov_len: src.len() };
     let remote = libc::iovec { iov_base: dst as *mut _, iov_len: src.len() };
     // SAFETY: process_vm_writev on our own pid writes through `dst` with the kernel's
@@ -480,6 +487,77 @@ pub fn set_rcvtimeo(sock: RawFd, ms: i64) {
 
 // ----------------------------------------------------------- credentials
 
+/// Bumped by the shim's set*id/setgroups/capset hooks after every credential
+/// change made through libc, so cached credentials are refreshed.
+pub static CRED_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static CACHED_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CACHED_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// (euid, egid), cached until the next credential change through libc (see the
+/// hooks) or fork. Two system calls saved on every SysV call.
+pub fn eids() -> (u32, u32) {
+    use std::sync::atomic::Ordering::Acquire;
+    use std::sync::atomic::Ordering::Release;
+    let gen = CRED_GEN.load(Acquire);
+    if CACHED_GEN.load(Acquire) == gen {
+        let v = CACHED_IDS.load(Acquire);
+        return ((v >> 32) as u32, v as u32);
+    }
+    let (u, g) = (geteuid(), getegid());
+    CACHED_IDS.store(((u as u64) << 32) | g as u64, Release);
+    CACHED_GEN.store(gen, Release);
+    (u, g)
+}
+
+thread_local! {
+    static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+    static CALLER_SP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Records where the program's own stack frames begin for the current hook call:
+/// the address of a local of the exported hook function. Everything above it on
+/// this thread's stack belongs to live frames of the program.
+pub fn set_caller_sp(sp: usize) {
+    CALLER_SP.with(|c| c.set(sp));
+}
+
+/// Whether `[addr, addr+len)` lies in the calling thread's stack, in the program's
+/// live frames (above the hook's frame, below the stack's top): such memory is
+/// mapped and writable, so it can be written directly, without the cost of
+/// process_vm_writev. The typical `struct shmid_ds ds; shmctl(id, IPC_STAT, &ds)`
+/// takes this path.
+pub fn on_own_stack(addr: usize, len: usize) -> bool {
+    let marker = 0u8;
+    let sp = &marker as *const u8 as usize;
+    let floor = CALLER_SP.with(|c| c.get());
+    let (lo, hi) = STACK.with(|s| {
+        if s.get().1 == 0 {
+            s.set(thread_stack());
+        }
+        s.get()
+    });
+    floor != 0 && sp >= lo && sp < hi && floor > sp && addr >= floor && addr.checked_add(len).map(|e| e <= hi).unwrap_or(false)
+}
+
+fn thread_stack() -> (usize, usize) {
+    // SAFETY: pthread_getattr_np fills attr for the calling thread; we read the
+    // stack bounds and destroy attr.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return (usize::MAX, usize::MAX); // unknown: nothing counts as on the stack
+        }
+        let mut base: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(&attr, &mut base, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if r != 0 {
+            return (usize::MAX, usize::MAX);
+        }
+        (base as usize, base as usize + size)
+    }
+}
+
 pub fn getpid() -> i32 {
     // SAFETY: no arguments.
     unsafe { libc::getpid() }
@@ -507,8 +585,9 @@ pub fn getuid() -> u32 {
 
 /// The filesystem gid (setfsgid(-1) reads it without changing it).
 pub fn getfsgid() -> u32 {
-    // SAFETY: setfsgid with an invalid id only returns the current value.
-    unsafe { libc::setfsgid(u32::MAX) as u32 }
+    // SAFETY: setfsgid with an invalid id only returns the current value. By raw
+    // syscall: the libc symbol is hooked and would count as a credential change.
+    unsafe { libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32 }
 }
 
 pub fn getgroups() -> Vec<u32> {
