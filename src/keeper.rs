@@ -18,7 +18,6 @@
 
 use crate::registry::{Registry, SLOT_USED};
 use crate::sys::{self, Errno, SysResult};
-use once_cell::sync::OnceCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -74,16 +73,24 @@ pub fn sock_path(dir: &Path) -> PathBuf {
 
 /// This process's socket to the keeper, connected once so that sends keep working
 /// after the process drops to a uid that may not search the namespace directory.
-static CLIENT: OnceCell<OwnedFd> = OnceCell::new();
+/// Checked by inode before each use: a program that closes "all" descriptors may
+/// have reused the number, and our datagrams must never reach its sockets.
+static CLIENT: parking_lot::Mutex<Option<(RawFd, u64)>> = parking_lot::Mutex::new(None);
 
 fn client(dir: &Path) -> SysResult<RawFd> {
-    CLIENT
-        .get_or_try_init(|| {
-            let s = crate::process::high_fd(sys::socket_dgram()?);
-            let _ = sys::connect(s.as_raw_fd(), &sock_path(dir));
-            Ok(s)
-        })
-        .map(|f| f.as_raw_fd())
+    let mut c = CLIENT.lock();
+    if let Some((fd, ino)) = *c {
+        if sys::fstat(fd).map(|st| st.st_ino == ino).unwrap_or(false) {
+            return Ok(fd);
+        }
+        *c = None; // not ours any more: forget it without closing
+    }
+    let s = crate::process::high_fd(sys::socket_dgram()?);
+    let _ = sys::connect(s.as_raw_fd(), &sock_path(dir));
+    let ino = sys::fstat(s.as_raw_fd())?.st_ino;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(s);
+    *c = Some((fd, ino));
+    Ok(fd)
 }
 
 /// Connects this process's keeper socket early (while it may still reach the

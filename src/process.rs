@@ -185,7 +185,10 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
     let pid = sys::getpid();
     if let Some(me) = local.me {
         if local.pid == pid {
-            return Ok(me);
+            if live_fd_intact(local, reg) {
+                return Ok(me);
+            }
+            return reclaim_entry(local, reg, me, pid);
         }
         // Raw fork: the entry and its lock belong to our parent.
         local.me = None;
@@ -205,6 +208,46 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
     Ok(p)
 }
 
+/// Whether our liveness descriptor is still ours: a daemon that closes "every"
+/// descriptor, or dup2s over ours, releases the lock that says we are alive.
+fn live_fd_intact(local: &Local, reg: &Registry) -> bool {
+    let Some(fd) = &local.live_fd else { return false };
+    matches!(sys::fstat(fd.as_raw_fd()), Ok(st) if st.st_ino == reg.live_ino)
+}
+
+/// The program closed our liveness descriptor: claim a new entry and move our
+/// attaches' records to it (or record them again if someone already reaped them).
+fn reclaim_entry(local: &mut Local, reg: &Registry, old: usize, pid: i32) -> SysResult<usize> {
+    if let Some(fd) = local.live_fd.take() {
+        std::mem::forget(fd); // the number may be the program's now
+    }
+    let (fd, p) = claim_entry(reg)?;
+    let g = reg.lock();
+    init_entry(&g, p, pid);
+    // Nobody else claimed the old entry (a claim sets its pid): its records are
+    // ours to move.
+    let still_ours = g.proc_entry(old).pid == pid;
+    for a in &local.attaches {
+        let n = a.frags.len() as u32;
+        let s = g.slot(a.slot);
+        if s.state != crate::registry::SLOT_USED || s.serial != a.serial {
+            continue;
+        }
+        if still_ours {
+            g.rec_sub(old, a.slot, n);
+        }
+        let _ = g.rec_add(p, a.slot, n);
+    }
+    if still_ours {
+        g.proc_entry(old).pid = 0;
+    }
+    drop(g);
+    local.live_fd = Some(fd);
+    local.me = Some(p);
+    set_my_entry(Some(p));
+    Ok(p)
+}
+
 /// Opens a fresh open file description of the registry and takes the OFD lock of a
 /// free proc entry with it. Any entry whose lock is free belongs to nobody alive.
 ///
@@ -212,7 +255,8 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
 /// /proc/self/fd, which works after the process dropped to a uid that may not
 /// search the namespace directory.
 pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
-    let fd = high_fd(reopen(reg.live.as_raw_fd(), libc::O_RDWR)?);
+    let live = reg.live_fd().ok_or(Errno(libc::ENOSYS))?;
+    let fd = high_fd(reopen(live, libc::O_RDWR)?);
     let start = reg.header().proc_hint as usize % MAX_PROCS;
     for k in 0..MAX_PROCS {
         let p = (start + k) % MAX_PROCS;

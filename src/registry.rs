@@ -45,9 +45,9 @@
 //! - Limits live in the header and apply to every process of the namespace.
 
 use crate::sys::{self, Errno, SysResult};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: [u8; 8] = *b"SHMSHIM\x01";
 pub const LAYOUT_VERSION: u32 = 1;
@@ -243,7 +243,10 @@ pub struct Registry {
     pub fd: OwnedFd,
     /// The namespace's `live` file (mode 0666): byte i is locked by proc entry i's
     /// owner. Also used for F_OFD_GETLK probes.
-    pub live: OwnedFd,
+    pub live: AtomicI32,
+    /// Inode of the live file, to recognise `live` after a program closed
+    /// descriptors it did not open.
+    pub live_ino: u64,
 }
 
 // SAFETY: the mapping is shared memory designed for concurrent access; all mutation
@@ -254,6 +257,9 @@ unsafe impl Sync for Registry {}
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = sys::munmap(self.base as usize, FILE_SIZE);
+        if let Some(fd) = self.live_fd() {
+            sys::close(fd);
+        }
     }
 }
 
@@ -298,10 +304,12 @@ impl Registry {
                 unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
             }
             let live = open_live(dir)?;
+            let live_ino = sys::fstat(live.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0);
+            let live = AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(live));
             let built = sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)
                 .and_then(|_| map_fd(&fd))
                 .map(|base| {
-                    let reg = Registry { base, path: tmp.clone(), fd, live };
+                    let reg = Registry { base, path: tmp.clone(), fd, live, live_ino };
                     reg.init_header(limits);
                     reg
                 });
@@ -340,7 +348,9 @@ impl Registry {
             return Err(OpenError::Foreign(path, why));
         }
         let base = map_fd(&fd).map_err(|e| OpenError::Io(path.clone(), e, "mmap"))?;
-        let reg = Registry { base, path, fd, live };
+        let live_ino = sys::fstat(live.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0);
+        let live = AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(live));
+        let reg = Registry { base, path, fd, live, live_ino };
         reg.validate_header()?;
         Ok(reg)
     }
@@ -456,9 +466,36 @@ impl Registry {
         }
     }
 
-    /// Liveness probe: does someone hold proc entry `i`'s OFD lock?
+    /// Our descriptor of the live file. A program that closes descriptors it did
+    /// not open may take it away; it is then reopened by path (or, if that is
+    /// impossible, `None`).
+    pub fn live_fd(&self) -> Option<RawFd> {
+        let fd = self.live.load(Ordering::Acquire);
+        if matches!(sys::fstat(fd), Ok(st) if st.st_ino == self.live_ino) {
+            return Some(fd);
+        }
+        let p = self.path.with_file_name("live");
+        let new = sys::open(&path_c(&p), libc::O_RDWR, 0).ok()?;
+        if sys::fstat(new.as_raw_fd()).map(|st| st.st_ino != self.live_ino).unwrap_or(true) {
+            return None;
+        }
+        let new = std::os::fd::IntoRawFd::into_raw_fd(crate::process::high_fd(new));
+        // The old number is not closed: it may be the program's now.
+        self.live.store(new, Ordering::Release);
+        Some(new)
+    }
+
+    /// Liveness probe: does someone hold proc entry `i`'s OFD lock? A "no" is
+    /// believed only through a descriptor known to be the live file; when none can
+    /// be had, nobody is declared dead.
     pub fn proc_alive(&self, i: usize) -> bool {
-        sys::ofd_is_locked(self.live.as_raw_fd(), LIVE_BASE + i as u64)
+        if sys::ofd_is_locked(self.live.load(Ordering::Acquire), LIVE_BASE + i as u64) {
+            return true;
+        }
+        match self.live_fd() {
+            Some(fd) => sys::ofd_is_locked(fd, LIVE_BASE + i as u64),
+            None => true,
+        }
     }
 }
 
