@@ -52,6 +52,7 @@ pub struct Attach {
 
 /// A cached descriptor of a segment, validated by inode before each use.
 pub struct CachedFd {
+    pub slot: usize,
     pub serial: u64,
     pub ino: u64,
     pub rw: OwnedFd,
@@ -324,9 +325,9 @@ impl Local {
         self.fds[i].ro.as_ref().map(|f| f.as_raw_fd())
     }
 
-    pub fn cache_fd(&mut self, serial: u64, ino: u64, fd: OwnedFd) {
+    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) {
         self.fds.retain(|c| c.serial != serial);
-        self.fds.push(CachedFd { serial, ino, rw: high_fd(fd), ro: None });
+        self.fds.push(CachedFd { slot, serial, ino, rw: high_fd(fd), ro: None });
     }
 
     pub fn drop_fd(&mut self, serial: u64) {
@@ -341,8 +342,11 @@ impl Local {
             return;
         }
         self.epoch = epoch;
-        let attached: Vec<u64> = self.attaches.iter().map(|a| a.serial).collect();
-        self.fds.retain(|c| attached.contains(&c.serial) || crate::shm::serial_alive(g, c.serial));
+        // O(1) per descriptor: its segment is alive iff its slot still holds it.
+        self.fds.retain(|c| {
+            let s = g.slot(c.slot);
+            s.state == crate::registry::SLOT_USED && s.serial == c.serial
+        });
     }
 }
 

@@ -95,13 +95,6 @@ impl Creds {
 
 // ----------------------------------------------------------------- helpers
 
-pub fn serial_alive(g: &RegGuard, serial: u64) -> bool {
-    (0..=g.hdr().max_idx.max(-1)).any(|i| {
-        let s = g.slot(i as usize);
-        s.state == SLOT_USED && s.serial == serial
-    })
-}
-
 /// shm_may_destroy + shm_destroy: a SHM_DEST segment goes when nattch reaches 0 (S75).
 pub fn maybe_destroy(g: &RegGuard, slot: usize) {
     let s = g.slot(slot);
@@ -432,7 +425,7 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     if p.key != 0 {
         g.index_insert(p.key, idx);
     }
-    local.cache_fd(serial, ino, fd);
+    local.cache_fd(idx, serial, ino, fd);
     Ok(make_id(seq, idx as u32))
 }
 
@@ -598,7 +591,7 @@ fn segment_fd(local: &mut Local, reg: &Registry, info: &SegInfo, rdonly: bool) -
     if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0) != info.ino {
         return Err(Errno(libc::EIDRM)); // S16: destroyed meanwhile
     }
-    local.cache_fd(info.serial, info.ino, fd);
+    local.cache_fd(info.slot, info.serial, info.ino, fd);
     local.cached_fd(info.serial, info.ino, rdonly).ok_or(Errno(libc::ENOMEM))
 }
 
