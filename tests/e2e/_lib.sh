@@ -8,11 +8,13 @@
 #                    SHMSHIM_DIR=$E2E_W/ns as its namespace
 # Environment from scripts/e2e: E2E_MODE E2E_ROOT E2E_W (private work dir, 0755,
 # removed afterwards) E2E_LIB (libshmshim.so) E2E_NOSYSV E2E_SHMSHIM (the shmshim
-# binary) E2E_CACHE (downloads); in shim mode also SHMSHIM_DIR and SHMSHIM_SHARED.
+# binary) E2E_CACHE (downloads) E2E_PY (python interpreter); in shim mode also
+# SHMSHIM_DIR, SHMSHIM_SHARED=1 and SHMSHIM_LIB (LD_PRELOAD is never set globally).
 # A test prints what it checks, exits 0 iff everything held, 77 to be skipped.
 # It must remove every segment it created and stop every process it started.
 
 set -euo pipefail
+trap 'echo "CHECK FAILED: exit status $? of \`$BASH_COMMAND\` (${BASH_SOURCE[0]##*/} line $LINENO)"' ERR
 : "${E2E_MODE:?run the tests through scripts/e2e}"
 W=$E2E_W
 cd "$W"
@@ -43,8 +45,11 @@ shm_as() {
     local user=$1
     shift
     if is_shim; then
-        runuser -u "$user" -- env SHMSHIM_DIR="$SHMSHIM_DIR" SHMSHIM_SHARED="${SHMSHIM_SHARED:-}" \
-            SHMSHIM_LOG="${SHMSHIM_LOG:-}" LD_PRELOAD="$E2E_LIB" "$E2E_NOSYSV" "$@"
+        local v vars=()
+        for v in $(compgen -e); do
+            case "$v" in SHMSHIM_*) vars+=("$v=${!v}") ;; esac
+        done
+        runuser -u "$user" -- env "${vars[@]}" LD_PRELOAD="$E2E_LIB" "$E2E_NOSYSV" "$@"
     else
         runuser -u "$user" -- "$@"
     fi

@@ -17,7 +17,7 @@ PY=${E2E_PY:-}
 
 # ---- 1: the sdist's own tests
 sdist=$(ls "$E2E_CACHE"/sysv_ipc-*.tar.gz 2>/dev/null | tail -n1 || true)
-if [ -n "$sdist" ] && tar -tzf "$sdist" | grep -q '/tests/test_memory.py$'; then
+if [ -n "$sdist" ] && tar -tzf "$sdist" | grep -c '/tests/test_memory.py$' >/dev/null; then
     mkdir -p "$W/sdist"
     tar -xzf "$sdist" -C "$W/sdist" --strip-components=1 --wildcards '*/tests/*'
     log "running the sdist's tests ($(basename "$sdist"))"

@@ -25,14 +25,20 @@ stop_xvfb() {
 trap stop_xvfb EXIT
 
 # Xvfb picks a free display and writes its number to fd 3
-(shm_exec Xvfb -displayfd 3 -nolisten tcp -screen 0 320x240x24 3>"$W/display" >"$W/xvfb.log" 2>&1) &
+# (under the shim it is started with `shmshim run --`, the command users would type)
+xargs_=(Xvfb -displayfd 3 -nolisten tcp -screen 0 320x240x24)
+if is_shim; then
+    (exec "$E2E_SHMSHIM" run -- "${xargs_[@]}" 3>"$W/display" >"$W/xvfb.log" 2>&1) &
+else
+    (exec "${xargs_[@]}" 3>"$W/display" >"$W/xvfb.log" 2>&1) &
+fi
 xvfb=$!
 for _ in $(seq 1 100); do
     [ -s "$W/display" ] && break
     kill -0 "$xvfb" 2>/dev/null || break
     sleep 0.1
 done
-disp=$(head -n1 "$W/display" 2>/dev/null | tr -dc 0-9)
+disp=$(head -n1 "$W/display" 2>/dev/null | tr -dc 0-9 || true)
 [ -n "$disp" ] || { cat "$W/xvfb.log"; die "Xvfb did not start"; }
 log "Xvfb pid $xvfb on :$disp"
 
@@ -41,4 +47,5 @@ shm "$W/xshm_check" ":$disp" || rc=$?
 [ $rc = 0 ] || { echo "--- Xvfb log:"; cat "$W/xvfb.log"; die "xshm_check exited $rc"; }
 
 stop_xvfb
+if [ -s "$W/xvfb.log" ]; then echo "--- Xvfb log:"; cat "$W/xvfb.log"; fi
 expect_no_segments "after Xvfb exited"
