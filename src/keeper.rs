@@ -278,6 +278,119 @@ pub fn daemonize() {
     }
 }
 
+/// The keeper's state: every descriptor it holds, by number. Which segment (or
+/// pool entry) each belongs to is recorded in the registry: a slot's `keeper_fd`
+/// names (serial, fd), a pool entry names an fd. Whatever the registry no longer
+/// names is closed.
+struct Keeper<'a> {
+    reg: &'a Registry,
+    fds: HashMap<RawFd, OwnedFd>,
+    /// destroy_epoch and pool_taken at the last sweep.
+    seen: (u64, u64),
+}
+
+impl Keeper<'_> {
+    fn publish(&self, slot: usize, serial: u64, fd: RawFd) {
+        self.reg.slot_ref(slot).keeper_fd.store(((serial as u32 as u64) << 32) | fd as u32 as u64, Ordering::Release);
+    }
+
+    /// The descriptor the keeper holds for segment `serial` in `slot`, if any.
+    fn fd_of(&self, slot: usize, serial: u64) -> Option<&OwnedFd> {
+        let k = self.reg.slot_ref(slot).keeper_fd.load(Ordering::Acquire);
+        if k >> 32 != serial as u32 as u64 {
+            return None;
+        }
+        self.fds.get(&(k as u32 as RawFd))
+    }
+
+    fn handle(&mut self, m: Msg, mut fds: Vec<OwnedFd>, cred: Option<libc::ucred>) {
+        match m.op {
+            OP_PUT => {
+                if let Some(fd) = fds.pop() {
+                    let n = fd.as_raw_fd();
+                    self.fds.insert(n, fd);
+                    self.publish(m.slot as usize, m.serial, n);
+                }
+            }
+            OP_DROP => {
+                // Only a wake-up: destroy_epoch has changed, so the main loop
+                // sweeps (after draining the queue) and closes the memfd.
+            }
+            OP_GET => {
+                let Some(reply) = fds.pop() else { return };
+                let mut out = Msg { op: OP_GET, slot: m.slot, serial: m.serial, ..Default::default() };
+                let allowed = cred.map(|c| may_get(self.reg, m.slot as usize, m.serial, c.uid)).unwrap_or(false);
+                match self.fd_of(m.slot as usize, m.serial) {
+                    Some(fd) if allowed => {
+                        let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[fd.as_raw_fd()], libc::MSG_DONTWAIT);
+                    }
+                    _ => {
+                        out.err = if allowed { libc::ENOENT as u32 } else { libc::EACCES as u32 };
+                        let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[], libc::MSG_DONTWAIT);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Under the lock, with the queue drained: close descriptors the registry no
+    /// longer names, adopt orphaned segments, refill the pool; with `full`, first
+    /// detach dead processes' attaches (once a second: it probes every process).
+    fn sweep(&mut self, g: &crate::registry::RegGuard, full: bool) {
+        let h = g.hdr();
+        if full {
+            crate::shm::reap_all_locked(g);
+        }
+        self.seen = (h.destroy_epoch.load(Ordering::Acquire), h.pool_taken.load(Ordering::Acquire));
+        let mut named = std::collections::HashSet::new();
+        let mut orphans = Vec::new();
+        for i in 0..=h.max_idx.max(-1) as isize {
+            let s = g.slot(i as usize);
+            if s.state != SLOT_USED {
+                continue;
+            }
+            let k = s.keeper_fd.load(Ordering::Acquire);
+            if k >> 32 == s.serial as u32 as u64 && self.fds.contains_key(&(k as u32 as RawFd)) {
+                named.insert(k as u32 as RawFd);
+            } else {
+                orphans.push((i as usize, s.serial, s.ino));
+            }
+        }
+        for e in h.pool.iter_mut() {
+            if e.fd > 0 && self.fds.contains_key(&e.fd) {
+                named.insert(e.fd);
+            } else {
+                e.fd = 0;
+            }
+        }
+        self.fds.retain(|fd, _| named.contains(fd));
+        // Segments nobody handed us: a previous keeper died. Adopt their memory
+        // from any live process that has it; memory nobody has is gone, as after
+        // a reboot, and so is the segment.
+        for (slot, serial, ino) in orphans {
+            match recover_fd(self.reg, ino) {
+                Some(fd) => {
+                    let n = fd.as_raw_fd();
+                    self.fds.insert(n, fd);
+                    self.publish(slot, serial, n);
+                }
+                None => crate::shm::shm_destroy(g, slot),
+            }
+        }
+        // Refill the pool while the namespace is in use.
+        if h.in_use > 0 || h.pool_taken.load(Ordering::Acquire) > 0 {
+            for e in h.pool.iter_mut().filter(|e| e.fd == 0) {
+                let Ok(fd) = sys::memfd_create(c"SYSV", libc::MFD_CLOEXEC) else { break };
+                let Ok(st) = sys::fstat(fd.as_raw_fd()) else { break };
+                e.ino = st.st_ino;
+                e.fd = fd.as_raw_fd();
+                self.fds.insert(e.fd, fd);
+            }
+        }
+    }
+}
+
 /// Runs the keeper for `dir` until the namespace is empty. Returns the exit code.
 pub fn run(dir: &Path) -> i32 {
     use std::os::unix::ffi::OsStrExt;
@@ -313,83 +426,63 @@ pub fn run(dir: &Path) -> i32 {
     sys::set_passcred(sock.as_raw_fd());
     reg.header().keeper_pid.store(sys::getpid(), Ordering::Release);
 
-    let mut held: HashMap<u64, (usize, OwnedFd)> = HashMap::new();
-    let mut last_sweep = Instant::now();
+    let mut k = Keeper { reg: &reg, fds: HashMap::new(), seen: (u64::MAX, u64::MAX) };
+    let mut last_sweep = Instant::now() - Duration::from_secs(10);
+    let mut last_change = Instant::now();
     // When the namespace empties the keeper lingers briefly, so that a program
     // cycling create/remove does not restart it each time.
     let mut empty_since: Option<Instant> = None;
     let mut buf = [0u8; 64];
     loop {
+        // Poll fast while the namespace is busy (pool refills, closing removed
+        // segments' memory), slowly when it is quiet.
+        let quiet = last_change.elapsed();
+        let timeout = if quiet < Duration::from_millis(200) {
+            1
+        } else if quiet < Duration::from_secs(2) {
+            20
+        } else {
+            200
+        };
         let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
-        let timeout = if held.is_empty() { 100 } else { 500 };
         unsafe { libc::poll(&mut pfd, 1, timeout) };
         while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+            last_change = Instant::now();
             let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
-            handle(&reg, &mut held, m, r.fds, r.cred);
+            k.handle(m, r.fds, r.cred);
         }
-        // Sweep once a second, and every 100 ms while the namespace looks empty
-        // (to exit on time), never on every message: creators wait on nothing the
-        // sweep does, but it competes with them for the lock and the CPU.
-        let period = if held.is_empty() { Duration::from_millis(100) } else { Duration::from_millis(1000) };
-        if last_sweep.elapsed() >= period {
+        let h = reg.header();
+        let now_seen = (h.destroy_epoch.load(Ordering::Acquire), h.pool_taken.load(Ordering::Acquire));
+        if now_seen != k.seen {
+            last_change = Instant::now();
+        }
+        if now_seen == k.seen && last_sweep.elapsed() < Duration::from_millis(1000) && empty_since.is_none() {
+            continue;
+        }
+        let Some(g) = reg.try_lock() else { continue };
+        // Every published segment's PUT was sent before its creator let go of
+        // the lock, so it is in the queue now: take it before sweeping.
+        while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+            let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
+            k.handle(m, r.fds, r.cred);
+        }
+        let full = last_sweep.elapsed() >= Duration::from_millis(1000) || empty_since.is_some();
+        if full {
             last_sweep = Instant::now();
-            // Reap dead attachers (destroying SHM_DEST segments they held last),
-            // then close descriptors of segments that no longer exist.
-            let Some(g) = crate::shm::try_reap_dead(&reg) else { continue };
-            // Every published segment's PUT was sent before its creator let go of
-            // the lock, so it is in the queue now: take it before looking for
-            // segments this keeper has no descriptor of.
-            while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
-                let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
-                handle(&reg, &mut held, m, r.fds, r.cred);
+        }
+        k.sweep(&g, full);
+        let empty = g.hdr().in_use == 0 && !pending(sock.as_raw_fd());
+        if !empty {
+            empty_since = None;
+        } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
+            let _ = std::fs::remove_file(&path);
+            for e in g.hdr().pool.iter_mut() {
+                e.fd = 0;
             }
-            held.retain(|&serial, (slot, _)| {
-                let s = g.slot(*slot);
-                s.state == SLOT_USED && s.serial == serial
-            });
-            // Segments nobody handed us: a previous keeper died. Adopt their memory
-            // from any live process that has it; memory nobody has is gone, as
-            // after a reboot, and so is the segment.
-            let orphans: Vec<(usize, u64, u64)> = (0..=g.hdr().max_idx.max(-1))
-                .map(|i| (i as usize, g.slot(i as usize)))
-                .filter(|(_, s)| s.state == SLOT_USED && !held.contains_key(&s.serial))
-                .map(|(i, s)| (i, s.serial, s.ino))
-                .collect();
-            if !orphans.is_empty() {
-                drop(g);
-                let mut lost = Vec::new();
-                for (slot, serial, ino) in orphans {
-                    match recover_fd(&reg, ino) {
-                        Some(fd) => {
-                            let n = fd.as_raw_fd();
-                            reg.slot_ref(slot).keeper_fd.store(((serial as u32 as u64) << 32) | n as u32 as u64, Ordering::Release);
-                            held.insert(serial, (slot, fd));
-                        }
-                        None => lost.push((slot, serial)),
-                    }
-                }
-                if !lost.is_empty() {
-                    if let Some(g) = reg.try_lock() {
-                        for (slot, serial) in lost {
-                            let s = g.slot(slot);
-                            if s.state == SLOT_USED && s.serial == serial && recover_fd(&reg, s.ino).is_none() {
-                                crate::shm::shm_destroy(&g, slot);
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            let empty = held.is_empty() && g.hdr().in_use == 0 && !pending(sock.as_raw_fd());
-            if !empty {
-                empty_since = None;
-            } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
-                let _ = std::fs::remove_file(&path);
-                reg.header().keeper_pid.store(0, Ordering::Release);
-                drop(g);
-                return 0;
-            }
+            reg.header().keeper_pid.store(0, Ordering::Release);
+            drop(g);
+            return 0;
         }
     }
 }
@@ -400,43 +493,12 @@ fn pending(sock: RawFd) -> bool {
     unsafe { libc::recv(sock, b.as_mut_ptr() as *mut _, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) >= 0 }
 }
 
-fn handle(reg: &Registry, held: &mut HashMap<u64, (usize, OwnedFd)>, m: Msg, mut fds: Vec<OwnedFd>, cred: Option<libc::ucred>) {
-    match m.op {
-        OP_PUT => {
-            if let Some(fd) = fds.pop() {
-                let n = fd.as_raw_fd();
-                reg.slot_ref(m.slot as usize).keeper_fd.store(((m.serial as u32 as u64) << 32) | n as u32 as u64, Ordering::Release);
-                held.insert(m.serial, (m.slot as usize, fd));
-            }
-        }
-        OP_DROP => {
-            held.remove(&m.serial);
-        }
-        OP_GET => {
-            let Some(reply) = fds.pop() else { return };
-            let mut out = Msg { op: OP_GET, slot: m.slot, serial: m.serial, ..Default::default() };
-            let allowed = cred.map(|c| may_get(reg, m.slot as usize, m.serial, c.uid)).unwrap_or(false);
-            match held.get(&m.serial) {
-                Some((_, fd)) if allowed => {
-                    let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[fd.as_raw_fd()], libc::MSG_DONTWAIT);
-                }
-                _ => {
-                    out.err = if allowed { libc::ENOENT as u32 } else { libc::EACCES as u32 };
-                    let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[], libc::MSG_DONTWAIT);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Coarse check for handing out a descriptor: the shim already applied the exact
 /// SysV permission rules in the asking process; the keeper only refuses uids the
 /// segment's mode excludes entirely.
 fn may_get(reg: &Registry, slot: usize, serial: u64, uid: u32) -> bool {
     // Never wait for the lock (see the module comment); an unlocked read of a
     // slot's ids is good enough for this coarse check.
-    let _g = reg.try_lock();
     let s = reg.slot_ref(slot);
     if s.state != SLOT_USED || s.serial != serial {
         return false;

@@ -50,7 +50,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: [u8; 8] = *b"SHMSHIM\x01";
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Memfds the keeper makes ahead of time, so a same-uid creator needs no message
+/// to the keeper (see `keeper`).
+pub const POOL_SIZE: usize = 64;
+
+/// One pooled memfd: the keeper's descriptor number (0 = empty) and its inode.
+/// Guarded by the registry lock.
+#[repr(C)]
+pub struct PoolEntry {
+    pub fd: i32,
+    _pad: u32,
+    pub ino: u64,
+}
 
 /// IPCMNI: the largest index + 1 (S7).
 pub const MAX_SLOTS: usize = 32768;
@@ -122,7 +135,13 @@ pub struct Header {
     pub keeper_pid: AtomicI32,
     _pad3: u32,
     pub keeper_start: AtomicU64,
+    /// Atomic: bumped whenever a creator takes a pooled memfd (the keeper refills).
+    pub pool_taken: AtomicU64,
+    /// The keeper's pool of empty memfds.
+    pub pool: [PoolEntry; POOL_SIZE],
 }
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
 
 /// One segment: the kernel's `struct shmid_kernel` as userspace sees it.
 /// Guarded by the registry lock, except `keeper_fd` (atomic).

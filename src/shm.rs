@@ -35,6 +35,9 @@ const CAP_IPC_OWNER: u32 = 15;
 const CAP_SYS_RAWIO: u32 = 17;
 const CAP_SYS_ADMIN: u32 = 21;
 
+/// Segments at least this big are released by an immediate message to the keeper.
+const BIG_SEGMENT: u64 = 1 << 20;
+
 /// MAX_LFS_FILESIZE (S40).
 const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
 
@@ -118,7 +121,11 @@ pub fn shm_destroy(g: &RegGuard, slot: usize) {
     h.shm_tot -= s.pages;
     g.recompute_max_idx();
     h.destroy_epoch.fetch_add(1, Ordering::AcqRel);
-    keeper::notify(&crate::config::get().dir, keeper::Msg { op: keeper::OP_DROP, slot: slot as u32, serial, ..Default::default() });
+    // The keeper notices destructions by destroy_epoch within milliseconds; a big
+    // segment's memory is worth a message to release it at once.
+    if s.map_len >= BIG_SEGMENT {
+        keeper::notify(&crate::config::get().dir, keeper::Msg { op: keeper::OP_DROP, slot: slot as u32, serial, ..Default::default() });
+    }
 }
 
 /// Detaches attach records of dead processes on `slot` (exit, SIGKILL and execve
@@ -188,11 +195,9 @@ pub fn gc(reg: &Registry) -> GcReport {
     rep
 }
 
-/// The keeper's sweep: like reap_dead but never waits for the lock.
-pub fn try_reap_dead(reg: &Registry) -> Option<RegGuard<'_>> {
-    let g = reg.try_lock()?;
-    reap_all(&g, None);
-    Some(g)
+/// reap_dead for a caller that already holds the lock (the keeper's sweep).
+pub fn reap_all_locked(g: &RegGuard) {
+    reap_all(g, None);
 }
 
 fn my_entry() -> Option<usize> {
@@ -326,6 +331,29 @@ fn commit_check(bytes: u64, noreserve: bool) -> SysResult<()> {
     }
 }
 
+/// Opens a memfd from the keeper's pool through /proc/KEEPER/fd (possible for
+/// the keeper's uid). Returns the descriptor and the pool entry, which the caller
+/// empties once the segment is published; stale entries are emptied here.
+fn take_pooled(g: &RegGuard) -> Option<(OwnedFd, usize)> {
+    let kpid = g.hdr().keeper_pid.load(Ordering::Acquire);
+    if kpid <= 0 {
+        return None;
+    }
+    for e in 0..registry::POOL_SIZE {
+        let pe = &mut g.hdr().pool[e];
+        if pe.fd <= 0 {
+            continue;
+        }
+        let path = std::ffi::CString::new(format!("/proc/{kpid}/fd/{}", pe.fd)).ok()?;
+        match sys::open(&path, libc::O_RDWR, 0) {
+            Ok(fd) if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino == pe.ino).unwrap_or(false) => return Some((fd, e)),
+            Ok(_) | Err(Errno(libc::ENOENT)) => pe.fd = 0, // not that memfd any more
+            Err(_) => return None, // another uid's keeper, or /proc is closed
+        }
+    }
+    None
+}
+
 /// newseg: the creation path, checks in the kernel's order (S43).
 fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     let h = g.hdr();
@@ -370,16 +398,27 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
         }
         commit_check(size as u64, noreserve)?;
     }
-    let name = std::ffi::CString::new(format!("SYSV{:08x}", p.key as u32)).unwrap();
-    let fd = sys::memfd_create(&name, mfd_flags).map_err(|e| match e.0 {
-        libc::EMFILE | libc::ENFILE => Errno(libc::ENFILE),
-        _ => Errno(libc::ENOMEM),
-    })?;
+    // A memfd from the keeper's pool (no message needed: the keeper holds it
+    // already), else a new one handed to the keeper below.
+    let (pooled, fd) = match if hugetlb { None } else { take_pooled(g) } {
+        Some((fd, e)) => (Some(e), fd),
+        None => {
+            let name = std::ffi::CString::new(format!("SYSV{:08x}", p.key as u32)).unwrap();
+            let fd = sys::memfd_create(&name, mfd_flags).map_err(|e| match e.0 {
+                libc::EMFILE | libc::ENFILE => Errno(libc::ENFILE),
+                _ => Errno(libc::ENOMEM),
+            })?;
+            (None, fd)
+        }
+    };
     // The file is segsz long (hugetlbfs needs whole huge pages); the mapping covers
     // the rounded length, as the kernel's does (S50).
     let file_len = if hugetlb { map_len } else { size };
     sys::ftruncate(fd.as_raw_fd(), file_len as u64).map_err(|_| Errno(libc::ENOMEM))?;
-    let ino = sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0);
+    let ino = match pooled {
+        Some(e) => g.hdr().pool[e].ino,
+        None => sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0),
+    };
     // S37: shmmni, checked last (ipc_addid). SHM_DEST segments count.
     let limit = h.shmmni.min(MAX_SLOTS as u64);
     if h.in_use as u64 >= limit {
@@ -390,10 +429,20 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     }
     let (idx, seq) = g.alloc_idx().ok_or(Errno(libc::ENOSPC))?;
     let serial = h.next_serial;
-    // Hand the memfd to the keeper before the segment becomes visible: it must
-    // outlive this process (S127).
-    let msg = keeper::Msg { op: keeper::OP_PUT, slot: idx as u32, serial, ..Default::default() };
-    keeper::send(&crate::config::get().dir, msg, &[fd.as_raw_fd()], true)?;
+    // The memfd must outlive this process (S127): a pooled one is the keeper's
+    // already; a new one is handed to the keeper before the segment is visible.
+    match pooled {
+        Some(e) => {
+            let pe = &mut g.hdr().pool[e];
+            g.slot(idx).keeper_fd.store(((serial as u32 as u64) << 32) | pe.fd as u32 as u64, Ordering::Release);
+            pe.fd = 0;
+            h.pool_taken.fetch_add(1, Ordering::AcqRel);
+        }
+        None => {
+            let msg = keeper::Msg { op: keeper::OP_PUT, slot: idx as u32, serial, ..Default::default() };
+            keeper::send(&crate::config::get().dir, msg, &[fd.as_raw_fd()], true)?;
+        }
+    }
     h.next_serial += 1;
     let now = sys::now();
     let s = g.slot(idx);
