@@ -238,12 +238,9 @@ fn forking(real: ForkFn) -> pid_t {
         return unsafe { real() };
     }
     let Some(reg) = process::registry_if_open() else { return unsafe { real() } };
+    // LOCAL (and the keeper socket's lock) are held across the real fork in every
+    // case, so the child never inherits them held by a thread it does not have.
     let mut local = LOCAL.lock();
-    if local.attaches.is_empty() && local.me.is_none() {
-        drop(local);
-        // SAFETY: as above.
-        return unsafe { real() };
-    }
     let claim = if local.attaches.is_empty() { None } else { process::claim_entry(reg).ok() };
     if let Some((_, p)) = &claim {
         let g = reg.lock();
@@ -260,8 +257,11 @@ fn forking(real: ForkFn) -> pid_t {
             }
         }
     }
+    // The keeper socket's lock too, so no other thread holds it across the fork.
+    let client = crate::keeper::CLIENT.lock();
     // SAFETY: the real fork; LOCAL is held so no other thread is mid-update.
     let pid = unsafe { real() };
+    drop(client);
     if pid == 0 {
         // Child: adopt the pre-claimed entry, drop the parent's liveness descriptor
         // copy and the attaches fork did not copy (MADV_DONTFORK, S124).

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 pub const OP_PUT: u32 = 1;
 pub const OP_DROP: u32 = 2;
 pub const OP_GET: u32 = 3;
+/// A wake-up: the pool is half empty.
+pub const OP_REFILL: u32 = 4;
 
 /// How long an idle keeper of an empty namespace stays.
 pub const LINGER: Duration = Duration::from_millis(300);
@@ -75,7 +77,7 @@ pub fn sock_path(dir: &Path) -> PathBuf {
 /// after the process drops to a uid that may not search the namespace directory.
 /// Checked by inode before each use: a program that closes "all" descriptors may
 /// have reused the number, and our datagrams must never reach its sockets.
-static CLIENT: parking_lot::Mutex<Option<(RawFd, u64)>> = parking_lot::Mutex::new(None);
+pub static CLIENT: crate::fsmutex::FsMutex<Option<(RawFd, u64)>> = crate::fsmutex::FsMutex::new(None);
 
 fn client(dir: &Path) -> SysResult<RawFd> {
     let mut c = CLIENT.lock();
@@ -285,8 +287,15 @@ pub fn daemonize() {
 struct Keeper<'a> {
     reg: &'a Registry,
     fds: HashMap<RawFd, OwnedFd>,
+    /// Which descriptor holds which segment (by serial).
+    by_serial: HashMap<u64, RawFd>,
     /// destroy_epoch and pool_taken at the last sweep.
     seen: (u64, u64),
+    /// Fresh memfds, waiting for a free pool entry.
+    spare: Vec<(OwnedFd, u64)>,
+    /// More destructions happened than the ring remembers: rebuild from the
+    /// registry at the next full sweep.
+    need_full: bool,
 }
 
 impl Keeper<'_> {
@@ -309,6 +318,7 @@ impl Keeper<'_> {
                 if let Some(fd) = fds.pop() {
                     let n = fd.as_raw_fd();
                     self.fds.insert(n, fd);
+                    self.by_serial.insert(m.serial, n);
                     self.publish(m.slot as usize, m.serial, n);
                 }
             }
@@ -334,34 +344,94 @@ impl Keeper<'_> {
         }
     }
 
-    /// Under the lock, with the queue drained: close descriptors the registry no
-    /// longer names, adopt orphaned segments, refill the pool; with `full`, first
-    /// detach dead processes' attaches (once a second: it probes every process).
-    fn sweep(&mut self, g: &crate::registry::RegGuard, full: bool) {
-        let h = g.hdr();
-        if full {
-            crate::shm::reap_all_locked(g);
+    /// Without the lock: file pooled memfds that creators took under their
+    /// segment's serial, close the memfds of segments destroyed since the last
+    /// look (from the header's ring), and put spare memfds into empty pool
+    /// entries. O(pool + changes), so it runs on every wake-up.
+    fn sweep_changes(&mut self) {
+        let h = self.reg.header();
+        for e in h.pool.iter() {
+            let fd = e.fd.load(Ordering::Acquire);
+            let taken = e.taken.load(Ordering::Acquire);
+            if fd < 0 && taken != 0 {
+                self.by_serial.insert(taken, -fd);
+                e.taken.store(0, Ordering::Release);
+                e.fd.store(0, Ordering::Release);
+            }
         }
-        self.seen = (h.destroy_epoch.load(Ordering::Acquire), h.pool_taken.load(Ordering::Acquire));
+        let (seen_epoch, _) = self.seen;
+        let epoch = h.destroy_epoch.load(Ordering::Acquire);
+        if epoch.wrapping_sub(seen_epoch) > crate::registry::DESTROYED_RING as u64 {
+            self.need_full = true;
+        } else {
+            for e in seen_epoch..epoch {
+                let serial = h.destroyed[e as usize % crate::registry::DESTROYED_RING].load(Ordering::Acquire);
+                if let Some(fd) = self.by_serial.remove(&serial) {
+                    self.fds.remove(&fd);
+                }
+            }
+        }
+        self.seen = (epoch, h.pool_taken.load(Ordering::Acquire));
+        // Empty memfds cost no memory: keep the pool full while the keeper runs.
+        h.refill_asked.store(0, Ordering::Release);
+        let free = h.pool.iter().filter(|e| e.fd.load(Ordering::Acquire) == 0 && e.taken.load(Ordering::Acquire) == 0).count();
+        while self.spare.len() < free {
+            let Ok(fd) = sys::memfd_create(c"SYSV", libc::MFD_CLOEXEC) else { break };
+            let Ok(st) = sys::fstat(fd.as_raw_fd()) else { break };
+            self.spare.push((fd, st.st_ino));
+        }
+        for e in h.pool.iter() {
+            if e.fd.load(Ordering::Acquire) != 0 || e.taken.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            let Some((fd, ino)) = self.spare.pop() else { break };
+            let n = fd.as_raw_fd();
+            self.fds.insert(n, fd);
+            e.ino.store(ino, Ordering::Release);
+            e.fd.store(n, Ordering::Release);
+        }
+    }
+
+    /// Under the lock, once a second: detach dead processes' attaches, rebuild the
+    /// keeper's bookkeeping from the registry (closing whatever no slot or pool
+    /// entry names), and adopt orphaned segments.
+    fn sweep_full(&mut self, g: &crate::registry::RegGuard) {
+        let h = g.hdr();
+        crate::shm::reap_all_locked(g);
         let mut named = std::collections::HashSet::new();
         let mut orphans = Vec::new();
+        self.by_serial.clear();
         for i in 0..=h.max_idx.max(-1) as isize {
             let s = g.slot(i as usize);
             if s.state != SLOT_USED {
                 continue;
             }
             let k = s.keeper_fd.load(Ordering::Acquire);
-            if k >> 32 == s.serial as u32 as u64 && self.fds.contains_key(&(k as u32 as RawFd)) {
-                named.insert(k as u32 as RawFd);
+            let fd = k as u32 as RawFd;
+            if k >> 32 == s.serial as u32 as u64 && self.fds.contains_key(&fd) {
+                named.insert(fd);
+                self.by_serial.insert(s.serial, fd);
             } else {
                 orphans.push((i as usize, s.serial, s.ino));
             }
         }
-        for e in h.pool.iter_mut() {
-            if e.fd > 0 && self.fds.contains_key(&e.fd) {
-                named.insert(e.fd);
+        // No creator is mid-claim while we hold the lock: a claim without a
+        // serial was abandoned and goes back to the pool; a claim with one is
+        // filed; an entry naming a descriptor we do not hold is emptied.
+        for e in h.pool.iter() {
+            let fd = e.fd.load(Ordering::Acquire);
+            let taken = e.taken.load(Ordering::Acquire);
+            if fd < 0 && taken != 0 && self.fds.contains_key(&-fd) {
+                named.insert(-fd);
+                self.by_serial.insert(taken, -fd);
+                e.taken.store(0, Ordering::Release);
+                e.fd.store(0, Ordering::Release);
+            } else if fd != 0 && self.fds.contains_key(&fd.abs()) {
+                named.insert(fd.abs());
+                e.fd.store(fd.abs(), Ordering::Release);
             } else {
-                e.fd = 0;
+                e.taken.store(0, Ordering::Release);
+                e.fd.store(0, Ordering::Release);
             }
         }
         self.fds.retain(|fd, _| named.contains(fd));
@@ -373,21 +443,14 @@ impl Keeper<'_> {
                 Some(fd) => {
                     let n = fd.as_raw_fd();
                     self.fds.insert(n, fd);
+                    self.by_serial.insert(serial, n);
                     self.publish(slot, serial, n);
                 }
                 None => crate::shm::shm_destroy(g, slot),
             }
         }
-        // Refill the pool while the namespace is in use.
-        if h.in_use > 0 || h.pool_taken.load(Ordering::Acquire) > 0 {
-            for e in h.pool.iter_mut().filter(|e| e.fd == 0) {
-                let Ok(fd) = sys::memfd_create(c"SYSV", libc::MFD_CLOEXEC) else { break };
-                let Ok(st) = sys::fstat(fd.as_raw_fd()) else { break };
-                e.ino = st.st_ino;
-                e.fd = fd.as_raw_fd();
-                self.fds.insert(e.fd, fd);
-            }
-        }
+        self.seen = (h.destroy_epoch.load(Ordering::Acquire), h.pool_taken.load(Ordering::Acquire));
+        self.need_full = false;
     }
 }
 
@@ -426,15 +489,15 @@ pub fn run(dir: &Path) -> i32 {
     sys::set_passcred(sock.as_raw_fd());
     reg.header().keeper_pid.store(sys::getpid(), Ordering::Release);
 
-    let mut k = Keeper { reg: &reg, fds: HashMap::new(), seen: (u64::MAX, u64::MAX) };
-    let mut last_sweep = Instant::now() - Duration::from_secs(10);
+    let mut k = Keeper { reg: &reg, fds: HashMap::new(), by_serial: HashMap::new(), seen: (0, 0), spare: Vec::new(), need_full: true };
+    let mut last_full = Instant::now() - Duration::from_secs(10);
     let mut last_change = Instant::now();
     // When the namespace empties the keeper lingers briefly, so that a program
     // cycling create/remove does not restart it each time.
     let mut empty_since: Option<Instant> = None;
     let mut buf = [0u8; 64];
     loop {
-        // Poll fast while the namespace is busy (pool refills, closing removed
+        // Wake fast while the namespace is busy (pool refills, closing removed
         // segments' memory), slowly when it is quiet.
         let quiet = last_change.elapsed();
         let timeout = if quiet < Duration::from_millis(200) {
@@ -452,38 +515,60 @@ pub fn run(dir: &Path) -> i32 {
             let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
             k.handle(m, r.fds, r.cred);
         }
-        let h = reg.header();
-        let now_seen = (h.destroy_epoch.load(Ordering::Acquire), h.pool_taken.load(Ordering::Acquire));
-        if now_seen != k.seen {
+        let before = k.seen;
+        k.sweep_changes();
+        if k.seen != before {
             last_change = Instant::now();
         }
-        if now_seen == k.seen && last_sweep.elapsed() < Duration::from_millis(1000) && empty_since.is_none() {
+        // The full sweep takes the lock: once a second, or every 100 ms while the
+        // namespace looks empty (to exit on time).
+        let since = last_full.elapsed();
+        let looks_empty = reg.header().in_use == 0;
+        if !(k.need_full || since >= Duration::from_secs(1) || (looks_empty && since >= Duration::from_millis(100))) {
             continue;
         }
-        let Some(g) = reg.try_lock() else { continue };
+        let g = lock_draining(&reg, &mut k, sock.as_raw_fd(), &mut buf);
         // Every published segment's PUT was sent before its creator let go of
-        // the lock, so it is in the queue now: take it before sweeping.
+        // the lock, so it is in the queue now: take it before the full sweep.
         while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
             let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
             k.handle(m, r.fds, r.cred);
         }
-        let full = last_sweep.elapsed() >= Duration::from_millis(1000) || empty_since.is_some();
-        if full {
-            last_sweep = Instant::now();
-        }
-        k.sweep(&g, full);
+        last_full = Instant::now();
+        k.sweep_full(&g);
         let empty = g.hdr().in_use == 0 && !pending(sock.as_raw_fd());
         if !empty {
             empty_since = None;
         } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
             let _ = std::fs::remove_file(&path);
-            for e in g.hdr().pool.iter_mut() {
-                e.fd = 0;
+            for e in g.hdr().pool.iter() {
+                e.taken.store(0, Ordering::Release);
+                e.fd.store(0, Ordering::Release);
             }
             reg.header().keeper_pid.store(0, Ordering::Release);
             drop(g);
             return 0;
         }
+    }
+}
+
+/// Takes the registry lock without ever blocking on it: a holder may be waiting
+/// for this keeper to drain its queue (a PUT), so between attempts the queue is
+/// drained. A creator looping on create/remove can hold the lock most of the
+/// time; this still gets it.
+fn lock_draining<'r>(reg: &'r Registry, k: &mut Keeper, sock: RawFd, buf: &mut [u8; 64]) -> crate::registry::RegGuard<'r> {
+    loop {
+        if let Some(g) = reg.try_lock() {
+            return g;
+        }
+        while let Ok(r) = sys::recv_with_fds(sock, buf, libc::MSG_DONTWAIT) {
+            if let Some(m) = Msg::parse(&buf[..r.len]) {
+                k.handle(m, r.fds, r.cred);
+            }
+        }
+        // Short naps, not yields: on a busy machine spinning takes the CPU from
+        // the very creator holding the lock.
+        std::thread::sleep(Duration::from_micros(50));
     }
 }
 

@@ -4,6 +4,7 @@
 //! See `docs/ARCHITECTURE.md` for the design, `README.md` for use.
 
 pub mod config;
+pub mod fsmutex;
 pub mod hooks;
 pub mod keeper;
 pub mod log;

@@ -8,7 +8,7 @@ use crate::sys::{self, Errno, SysResult};
 #[allow(unused_imports)]
 use std::os::fd::FromRawFd;
 use once_cell::sync::OnceCell;
-use parking_lot::Mutex;
+use crate::fsmutex::FsMutex;
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,13 +50,24 @@ pub struct Attach {
     pub frags: Vec<Frag>,
 }
 
-/// A cached descriptor of a segment, validated by inode before each use.
+/// A cached descriptor of a segment, validated by inode before each use and
+/// before it is closed (a program that closes descriptors it did not open may have
+/// reused the number).
 pub struct CachedFd {
     pub slot: usize,
-    pub serial: u64,
     pub ino: u64,
-    pub rw: OwnedFd,
-    pub ro: Option<OwnedFd>,
+    pub rw: RawFd,
+    pub ro: Option<RawFd>,
+}
+
+impl Drop for CachedFd {
+    fn drop(&mut self) {
+        for fd in std::iter::once(self.rw).chain(self.ro) {
+            if matches!(sys::fstat(fd), Ok(st) if st.st_ino == self.ino) {
+                sys::close(fd);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -66,7 +77,8 @@ pub struct Local {
     /// Descriptor holding our liveness lock (O_CLOEXEC: exec releases it).
     pub live_fd: Option<OwnedFd>,
     pub attaches: Vec<Attach>,
-    pub fds: Vec<CachedFd>,
+    /// Cached descriptors by segment serial.
+    pub fds: std::collections::BTreeMap<u64, CachedFd>,
     /// Last registry destroy_epoch this process swept its cache at.
     pub epoch: u64,
     /// The pid `me` was claimed for: a child made by a raw fork/clone (no hook
@@ -74,11 +86,13 @@ pub struct Local {
     pub pid: i32,
 }
 
-pub static LOCAL: Mutex<Local> = Mutex::new(Local {
+/// This process's state. A fork-safe mutex: `fork` holds it across the real fork
+/// while other threads may be waiting for it.
+pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
     me: None,
     live_fd: None,
     attaches: Vec::new(),
-    fds: Vec::new(),
+    fds: std::collections::BTreeMap::new(),
     epoch: 0,
     pid: 0,
 });
@@ -257,7 +271,7 @@ fn reclaim_entry(local: &mut Local, reg: &Registry, old: usize, pid: i32) -> Sys
 /// search the namespace directory.
 pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
     let live = reg.live_fd().ok_or(Errno(libc::ENOSYS))?;
-    let fd = high_fd(reopen(live, libc::O_RDWR)?);
+    let fd = beyond_limit_fd(reopen(live, libc::O_RDWR)?);
     let start = reg.header().proc_hint as usize % MAX_PROCS;
     for k in 0..MAX_PROCS {
         let p = (start + k) % MAX_PROCS;
@@ -277,6 +291,40 @@ pub fn init_entry(g: &RegGuard, p: usize, pid: i32) {
     }
     g.proc_entry(p).pid = pid;
     g.hdr().proc_hint = (p as u32 + 1) % MAX_PROCS as u32;
+}
+
+/// Moves the liveness descriptor out of reach of daemons' "close every
+/// descriptor" loops, since closing it would make the process look dead to
+/// everyone else: to the soft RLIMIT_NOFILE itself where the hard limit leaves
+/// room (loops run up to sysconf(_SC_OPEN_MAX), the soft limit), else to
+/// min(soft - 1, 4095) (beyond FD_SETSIZE-bounded loops, without growing the
+/// descriptor table to a huge soft limit).
+pub fn beyond_limit_fd(fd: OwnedFd) -> OwnedFd {
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct; the soft
+    // limit is raised just long enough to place one descriptor, then restored.
+    // F_DUPFD_CLOEXEC returns a new descriptor we own.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 || rl.rlim_cur == libc::RLIM_INFINITY || rl.rlim_cur < 256 {
+            return high_fd(fd);
+        }
+        let soft = rl.rlim_cur;
+        let mut r = -1;
+        if rl.rlim_max > soft + 64 && soft <= 65536 {
+            let raised = libc::rlimit { rlim_cur: soft + 64, rlim_max: rl.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, soft as i32);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+            }
+        }
+        if r < 0 {
+            r = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, (soft - 1).min(4095) as i32);
+        }
+        if r < 0 {
+            return high_fd(fd);
+        }
+        OwnedFd::from_raw_fd(r)
+    }
 }
 
 /// Moves a descriptor to a high number, away from the low numbers programs manage
@@ -303,50 +351,49 @@ impl Local {
 
     /// A validated cached descriptor for `serial` (rdonly: a read-only reopen).
     pub fn cached_fd(&mut self, serial: u64, ino: u64, rdonly: bool) -> Option<RawFd> {
-        let i = self.fds.iter().position(|c| c.serial == serial)?;
-        let ok = sys::fstat(self.fds[i].rw.as_raw_fd()).map(|st| st.st_ino == ino).unwrap_or(false);
-        if !ok || self.fds[i].ino != ino {
-            // The program closed or replaced our descriptor: forget it without
-            // closing (the number may now be the program's).
-            let c = self.fds.swap_remove(i);
-            std::mem::forget(c.rw);
-            if let Some(ro) = c.ro {
-                std::mem::forget(ro);
-            }
+        let c = self.fds.get_mut(&serial)?;
+        let ok = c.ino == ino && matches!(sys::fstat(c.rw), Ok(st) if st.st_ino == ino);
+        if !ok {
+            // The program closed or replaced our descriptor: Drop will not close
+            // a number that is no longer ours.
+            self.fds.remove(&serial);
             return None;
         }
         if !rdonly {
-            return Some(self.fds[i].rw.as_raw_fd());
+            return Some(c.rw);
         }
-        if self.fds[i].ro.is_none() {
-            let ro = reopen(self.fds[i].rw.as_raw_fd(), libc::O_RDONLY).ok()?;
-            self.fds[i].ro = Some(ro);
+        if c.ro.is_none() {
+            let ro = reopen(c.rw, libc::O_RDONLY).ok()?;
+            c.ro = Some(std::os::fd::IntoRawFd::into_raw_fd(high_fd(ro)));
         }
-        self.fds[i].ro.as_ref().map(|f| f.as_raw_fd())
+        c.ro
     }
 
     pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) {
-        self.fds.retain(|c| c.serial != serial);
-        self.fds.push(CachedFd { slot, serial, ino, rw: high_fd(fd), ro: None });
+        let rw = std::os::fd::IntoRawFd::into_raw_fd(high_fd(fd));
+        self.fds.insert(serial, CachedFd { slot, ino, rw, ro: None });
     }
 
-    pub fn drop_fd(&mut self, serial: u64) {
-        self.fds.retain(|c| c.serial != serial);
-    }
-
-    /// Drops cached descriptors of destroyed segments when anything was destroyed
-    /// since the last sweep, so removed segments' memory is freed.
+    /// Drops cached descriptors of segments destroyed since the last call, so
+    /// their memory is freed: O(destructions), from the header's ring, or a
+    /// full pass when more happened than the ring remembers.
     pub fn sweep_fds(&mut self, g: &RegGuard) {
-        let epoch = g.hdr().destroy_epoch.load(Ordering::Acquire);
+        let h = g.hdr();
+        let epoch = h.destroy_epoch.load(Ordering::Acquire);
         if epoch == self.epoch {
             return;
         }
+        if epoch - self.epoch > crate::registry::DESTROYED_RING as u64 || epoch < self.epoch {
+            self.fds.retain(|&serial, c| {
+                let s = g.slot(c.slot);
+                s.state == crate::registry::SLOT_USED && s.serial == serial
+            });
+        } else {
+            for e in self.epoch..epoch {
+                self.fds.remove(&h.destroyed[e as usize % crate::registry::DESTROYED_RING].load(Ordering::Acquire));
+            }
+        }
         self.epoch = epoch;
-        // O(1) per descriptor: its segment is alive iff its slot still holds it.
-        self.fds.retain(|c| {
-            let s = g.slot(c.slot);
-            s.state == crate::registry::SLOT_USED && s.serial == c.serial
-        });
     }
 }
 

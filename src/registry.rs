@@ -56,14 +56,25 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// to the keeper (see `keeper`).
 pub const POOL_SIZE: usize = 64;
 
-/// One pooled memfd: the keeper's descriptor number (0 = empty) and its inode.
-/// Guarded by the registry lock.
+/// One pooled memfd, shared lock-free between the keeper and creators (atomics):
+/// - `fd` > 0: available, the keeper's descriptor number; the keeper stores `ino`
+///   first, then `fd`;
+/// - a creator claims it by compare-and-swap of `fd` to `-fd`, opens it, and on
+///   success stores its segment's serial in `taken` (or, on failure, puts `fd`
+///   back);
+/// - the keeper files entries with `fd` < 0 and `taken` != 0 under that serial
+///   and empties them (`taken` = 0, then `fd` = 0); a claim with `taken` = 0 that
+///   outlives a full sweep under the registry lock was abandoned and is restored.
 #[repr(C)]
 pub struct PoolEntry {
-    pub fd: i32,
+    pub fd: AtomicI32,
     _pad: u32,
-    pub ino: u64,
+    pub ino: AtomicU64,
+    pub taken: AtomicU64,
 }
+
+/// How many recent destructions the header remembers (`destroyed`).
+pub const DESTROYED_RING: usize = 128;
 
 /// IPCMNI: the largest index + 1 (S7).
 pub const MAX_SLOTS: usize = 32768;
@@ -129,7 +140,8 @@ pub struct Header {
     pub rec_free: u32,
     /// Hint for the next proc entry to try.
     pub proc_hint: u32,
-    /// Atomic: bumped on every destruction so processes drop cached descriptors.
+    /// Atomic (written under the lock): number of destructions so far; processes
+    /// and the keeper compare it with what they last saw.
     pub destroy_epoch: AtomicU64,
     /// Atomic: keeper pid (0 = none) and its start time, written by the keeper.
     pub keeper_pid: AtomicI32,
@@ -137,8 +149,16 @@ pub struct Header {
     pub keeper_start: AtomicU64,
     /// Atomic: bumped whenever a creator takes a pooled memfd (the keeper refills).
     pub pool_taken: AtomicU64,
+    /// Atomic: 1 once a creator has asked the keeper to refill a half-empty pool;
+    /// the keeper clears it when it refills.
+    pub refill_asked: AtomicU64,
     /// The keeper's pool of empty memfds.
     pub pool: [PoolEntry; POOL_SIZE],
+    /// Serials of the last DESTROYED_RING destroyed segments: destruction number
+    /// e (destroy_epoch before it) is at e % DESTROYED_RING. Lets every process
+    /// and the keeper drop descriptors of removed segments in O(removals).
+    /// Atomic entries, written under the lock, read by the keeper without it.
+    pub destroyed: [AtomicU64; DESTROYED_RING],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
@@ -818,7 +838,25 @@ impl<'a> RegGuard<'a> {
     /// Rebuilds every derived structure from primary data. Idempotent, so a holder
     /// that dies while repairing is repaired after in turn.
     pub fn repair(&self) {
+        for i in 0..MAX_SLOTS {
+            let s = self.slot(i);
+            if s.state != SLOT_USED {
+                s.state = SLOT_FREE;
+            }
+        }
+        self.rebuild_lists();
+        // A holder killed between the last detach of a removed segment and its
+        // destruction (S75) leaves it SHM_DEST with nattch 0: finish the job.
         let h = self.hdr();
+        for i in 0..MAX_SLOTS {
+            let s = self.slot(i);
+            if s.state == SLOT_USED && s.mode & SHM_DEST != 0 && s.nattch == 0 {
+                s.state = SLOT_FREE;
+                let e = h.destroy_epoch.load(Ordering::Acquire);
+                h.destroyed[e as usize % DESTROYED_RING].store(s.serial, Ordering::Release);
+                h.destroy_epoch.store(e + 1, Ordering::Release);
+            }
+        }
         for i in 0..INDEX_SIZE {
             *self.index(i) = 0;
         }
@@ -828,7 +866,6 @@ impl<'a> RegGuard<'a> {
         for i in 0..MAX_SLOTS {
             let s = self.slot(i);
             if s.state != SLOT_USED {
-                s.state = SLOT_FREE;
                 continue;
             }
             h.in_use += 1;
@@ -838,7 +875,6 @@ impl<'a> RegGuard<'a> {
                 self.index_insert(s.key, i);
             }
         }
-        self.rebuild_lists();
     }
 
     /// Rebuilds record lists, the free list and every nattch from the records.
@@ -912,6 +948,9 @@ impl<'a> RegGuard<'a> {
                 }
                 if n != s.nattch {
                     return Err(format!("slot {i}: nattch {} but records say {n}", s.nattch));
+                }
+                if s.mode & SHM_DEST != 0 && s.nattch == 0 {
+                    return Err(format!("slot {i}: removed (SHM_DEST) with nattch 0 but not destroyed"));
                 }
             }
         }

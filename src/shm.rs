@@ -120,7 +120,9 @@ pub fn shm_destroy(g: &RegGuard, slot: usize) {
     h.in_use -= 1;
     h.shm_tot -= s.pages;
     g.recompute_max_idx();
-    h.destroy_epoch.fetch_add(1, Ordering::AcqRel);
+    let e = h.destroy_epoch.load(Ordering::Acquire);
+    h.destroyed[e as usize % registry::DESTROYED_RING].store(serial, Ordering::Release);
+    h.destroy_epoch.store(e + 1, Ordering::Release);
     // The keeper notices destructions by destroy_epoch within milliseconds; a big
     // segment's memory is worth a message to release it at once.
     if s.map_len >= BIG_SEGMENT {
@@ -331,23 +333,56 @@ fn commit_check(bytes: u64, noreserve: bool) -> SysResult<()> {
     }
 }
 
-/// Opens a memfd from the keeper's pool through /proc/KEEPER/fd (possible for
-/// the keeper's uid). Returns the descriptor and the pool entry, which the caller
-/// empties once the segment is published; stale entries are emptied here.
-fn take_pooled(g: &RegGuard) -> Option<(OwnedFd, usize)> {
-    let kpid = g.hdr().keeper_pid.load(Ordering::Acquire);
+/// A memfd claimed from the keeper's pool; put back unless `commit`ted.
+struct PoolClaim<'a> {
+    entry: &'a registry::PoolEntry,
+    fd: i32,
+    done: bool,
+}
+
+impl PoolClaim<'_> {
+    /// The segment `serial` keeps it: the keeper files it under that serial.
+    fn commit(mut self, serial: u64) {
+        self.entry.taken.store(serial, Ordering::Release);
+        self.done = true;
+    }
+}
+
+impl Drop for PoolClaim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.entry.fd.store(self.fd, Ordering::Release);
+        }
+    }
+}
+
+/// Claims a memfd from the keeper's pool and opens it through /proc/KEEPER/fd
+/// (possible for the keeper's uid), checked by inode. Lock-free with respect to
+/// the keeper (see `registry::PoolEntry`).
+fn take_pooled<'a>(g: &RegGuard<'a>) -> Option<(OwnedFd, PoolClaim<'a>)> {
+    let hdr: &'a registry::Header = g.reg.header();
+    let kpid = hdr.keeper_pid.load(Ordering::Acquire);
     if kpid <= 0 {
         return None;
     }
-    for e in 0..registry::POOL_SIZE {
-        let pe = &mut g.hdr().pool[e];
-        if pe.fd <= 0 {
+    for e in hdr.pool.iter() {
+        let fd = e.fd.load(Ordering::Acquire);
+        if fd <= 0 || e.taken.load(Ordering::Acquire) != 0 {
             continue;
         }
-        let path = std::ffi::CString::new(format!("/proc/{kpid}/fd/{}", pe.fd)).ok()?;
+        if e.fd.compare_exchange(fd, -fd, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            continue;
+        }
+        let claim = PoolClaim { entry: e, fd, done: false };
+        let ino = e.ino.load(Ordering::Acquire);
+        let path = std::ffi::CString::new(format!("/proc/{kpid}/fd/{fd}")).ok()?;
         match sys::open(&path, libc::O_RDWR, 0) {
-            Ok(fd) if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino == pe.ino).unwrap_or(false) => return Some((fd, e)),
-            Ok(_) | Err(Errno(libc::ENOENT)) => pe.fd = 0, // not that memfd any more
+            Ok(f) if sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == ino).unwrap_or(false) => return Some((f, claim)),
+            Ok(_) | Err(Errno(libc::ENOENT)) => {
+                // Not that memfd any more (a keeper restarted): leave the entry
+                // claimed; the keeper's next full sweep sorts it out.
+                std::mem::forget(claim);
+            }
             Err(_) => return None, // another uid's keeper, or /proc is closed
         }
     }
@@ -380,12 +415,14 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     let noreserve = p.flg & SHM_NORESERVE != 0;
     let mut map_len = numpages as usize * PAGE;
     let mut mfd_flags = libc::MFD_CLOEXEC;
+    let mut huge_page = None;
     if hugetlb {
         let hsize = hugepage_size(p.flg)?; // S45: EINVAL first
+        huge_page = Some(hsize);
         if !creds.capable(CAP_IPC_LOCK) && !in_hugetlb_group(&mut creds) {
             return Err(Errno(libc::EPERM)); // S45
         }
-        map_len = size.div_ceil(hsize) * hsize;
+        map_len = size.checked_add(hsize - 1).ok_or(Errno(libc::ENOSPC))? / hsize * hsize;
         if !noreserve && hugetlb_free_pages(hsize) < (map_len / hsize) as u64 {
             return Err(Errno(libc::ENOMEM)); // S46
         }
@@ -401,7 +438,7 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     // A memfd from the keeper's pool (no message needed: the keeper holds it
     // already), else a new one handed to the keeper below.
     let (pooled, fd) = match if hugetlb { None } else { take_pooled(g) } {
-        Some((fd, e)) => (Some(e), fd),
+        Some((fd, claim)) => (Some(claim), fd),
         None => {
             let name = std::ffi::CString::new(format!("SYSV{:08x}", p.key as u32)).unwrap();
             let fd = sys::memfd_create(&name, mfd_flags).map_err(|e| match e.0 {
@@ -413,10 +450,16 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     };
     // The file is segsz long (hugetlbfs needs whole huge pages); the mapping covers
     // the rounded length, as the kernel's does (S50).
-    let file_len = if hugetlb { map_len } else { size };
+    // A hugetlb file is sized in whole huge pages, at most MAX_LFS_FILESIZE (the
+    // kernel's own hugetlb shm files are not bound by it; such sizes cannot be
+    // attached anyway).
+    let file_len = match huge_page {
+        Some(h) => (map_len as u64).min(MAX_LFS_FILESIZE & !(h as u64 - 1)) as usize,
+        None => size,
+    };
     sys::ftruncate(fd.as_raw_fd(), file_len as u64).map_err(|_| Errno(libc::ENOMEM))?;
-    let ino = match pooled {
-        Some(e) => g.hdr().pool[e].ino,
+    let ino = match &pooled {
+        Some(c) => c.entry.ino.load(Ordering::Acquire),
         None => sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0),
     };
     // S37: shmmni, checked last (ipc_addid). SHM_DEST segments count.
@@ -432,11 +475,15 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     // The memfd must outlive this process (S127): a pooled one is the keeper's
     // already; a new one is handed to the keeper before the segment is visible.
     match pooled {
-        Some(e) => {
-            let pe = &mut g.hdr().pool[e];
-            g.slot(idx).keeper_fd.store(((serial as u32 as u64) << 32) | pe.fd as u32 as u64, Ordering::Release);
-            pe.fd = 0;
+        Some(claim) => {
+            g.slot(idx).keeper_fd.store(((serial as u32 as u64) << 32) | claim.fd as u32 as u64, Ordering::Release);
+            claim.commit(serial);
             h.pool_taken.fetch_add(1, Ordering::AcqRel);
+            // Half the pool gone: wake the keeper to refill (once, no waiting).
+            let left = h.pool.iter().filter(|e| e.fd.load(Ordering::Relaxed) > 0).count();
+            if left < registry::POOL_SIZE / 2 && h.refill_asked.swap(1, Ordering::AcqRel) == 0 {
+                keeper::notify(&crate::config::get().dir, keeper::Msg { op: keeper::OP_REFILL, ..Default::default() });
+            }
         }
         None => {
             let msg = keeper::Msg { op: keeper::OP_PUT, slot: idx as u32, serial, ..Default::default() };
@@ -614,6 +661,9 @@ fn map_segment(local: &mut Local, reg: &Registry, info: &SegInfo, addr: usize, f
         Ok(at) => Ok(at),
         Err(Errno(libc::EEXIST)) => einval(), // S58
         Err(Errno(libc::EINVAL)) if info.hugetlb => einval(), // S47: unaligned
+        // S65: the kernel checks overlap before it maps; mmap reports a range
+        // running past user space (ENOMEM) first, so check overlap ourselves.
+        Err(Errno(libc::ENOMEM)) if fixed && flg & SHM_REMAP == 0 && sys::range_has_mapping(addr, addr.saturating_add(info.segsz)) => einval(),
         Err(e) => Err(e),
     }
 }
@@ -706,6 +756,7 @@ pub fn shmdt(addr: usize) -> SysResult<()> {
     if let Some(me) = local.me {
         let g = reg.lock();
         shm_close_frags(&g, me, slot, serial, removed);
+        local.sweep_fds(&g); // a destroyed segment's memory goes now
     }
     Ok(())
 }
@@ -734,15 +785,17 @@ impl VmChange {
 }
 
 /// Applies a change over `[start, end)` to one attach's fragments (sorted by
-/// address) the way the kernel changes VMAs, and returns the change in their number.
+/// address) the way the kernel changes VMAs. Returns (opens, closes): VMAs made
+/// by splitting (the kernel calls shm_open on each: nattch+1, shm_atime,
+/// shm_lpid) and VMAs removed (shm_close: nattch-1, shm_dtime, shm_lpid).
 ///
 /// Removal splits. A flag change splits too, but the kernel merges the changed
 /// piece into an adjacent fragment of the same attach with equal flags when that
 /// deletes no VMA: shm VMAs have a close() method, so a change spanning a whole
 /// fragment never merges (which is why restoring a protection leaves the pieces
 /// apart, S72).
-fn apply_frags(frags: &mut Vec<Frag>, start: usize, end: usize, change: VmChange) -> i64 {
-    let before = frags.len() as i64;
+fn apply_frags(frags: &mut Vec<Frag>, start: usize, end: usize, change: VmChange) -> (u32, u32) {
+    let (mut opens, mut closes) = (0u32, 0u32);
     let mut i = 0;
     while i < frags.len() {
         let f = frags[i].clone();
@@ -761,6 +814,8 @@ fn apply_frags(frags: &mut Vec<Frag>, start: usize, end: usize, change: VmChange
                 rest.push(piece(e, f.end(), f.flags));
             }
             let n = rest.len();
+            opens += n as u32; // each cut inside the fragment is a split
+            closes += 1;
             frags.splice(i..i + 1, rest);
             i += n;
             continue;
@@ -808,10 +863,11 @@ fn apply_frags(frags: &mut Vec<Frag>, start: usize, end: usize, change: VmChange
             parts.push(piece(e, f.end(), f.flags));
         }
         let n = parts.len();
+        opens += n as u32 - 1;
         frags.splice(i..i + 1, parts);
         i += n;
     }
-    frags.len() as i64 - before
+    (opens, closes)
 }
 
 /// Keeps the real VMAs equal to the fragment model. memfd VMAs (unlike shm VMAs)
@@ -828,19 +884,19 @@ fn rehint(a: &Attach) {
     }
 }
 
-/// Applies a change to every attach of this process and returns the per-segment
-/// change in fragment count.
-fn apply_local(local: &mut Local, addr: usize, len: usize, change: VmChange) -> Vec<(usize, u64, i64)> {
+/// Applies a change to every attach of this process and returns, per segment,
+/// the VMAs opened and closed.
+fn apply_local(local: &mut Local, addr: usize, len: usize, change: VmChange) -> Vec<(usize, u64, u32, u32)> {
     let end = addr.saturating_add(len.div_ceil(PAGE) * PAGE);
     let mut deltas = Vec::new();
     for a in local.attaches.iter_mut() {
         let touched = a.frags.iter().any(|f| f.addr < end && f.end() > addr);
-        let d = apply_frags(&mut a.frags, addr, end, change);
+        let (opens, closes) = apply_frags(&mut a.frags, addr, end, change);
         if touched && !matches!(change, VmChange::Unmap) {
             rehint(a);
         }
-        if d != 0 {
-            deltas.push((a.slot, a.serial, d));
+        if opens + closes != 0 {
+            deltas.push((a.slot, a.serial, opens, closes));
         }
     }
     local.attaches.retain(|a| !a.frags.is_empty());
@@ -848,16 +904,25 @@ fn apply_local(local: &mut Local, addr: usize, len: usize, change: VmChange) -> 
     deltas
 }
 
-/// Books fragment-count changes in the registry: fewer fragments are detaches
-/// (nattch, dtime, lpid, SHM_DEST destruction); more are extra VMAs (S72).
-fn book_deltas(g: &RegGuard, me: usize, deltas: Vec<(usize, u64, i64)>) {
-    for (slot, serial, d) in deltas {
-        if d < 0 {
-            shm_close_frags(g, me, slot, serial, (-d) as u32);
-        } else if g.slot(slot).state == SLOT_USED && g.slot(slot).serial == serial {
-            let _ = g.rec_add(me, slot, d as u32);
-        }
+/// Books VMA changes in the registry in the kernel's order: the splits' opens
+/// (nattch, atime, lpid; S72), then the closes (nattch, dtime, lpid, and
+/// destruction of a SHM_DEST segment at its last detach).
+fn book_deltas(g: &RegGuard, me: usize, deltas: Vec<(usize, u64, u32, u32)>) {
+    for (slot, serial, opens, closes) in deltas {
+        shm_open_frags(g, me, slot, serial, opens);
+        shm_close_frags(g, me, slot, serial, closes);
     }
+}
+
+/// shm_open for `n` new VMAs of one attach (splits, mremap copies).
+fn shm_open_frags(g: &RegGuard, me: usize, slot: usize, serial: u64, n: u32) {
+    let s = g.slot(slot);
+    if n == 0 || s.state != SLOT_USED || s.serial != serial {
+        return;
+    }
+    let _ = g.rec_add(me, slot, n);
+    s.atime = sys::now();
+    s.lpid = sys::getpid();
 }
 
 /// Follows a successful munmap/mprotect/madvise/MAP_FIXED mmap over
@@ -870,6 +935,7 @@ pub fn vm_changed(addr: usize, len: usize, change: VmChange) {
     if !deltas.is_empty() {
         let g = reg.lock();
         book_deltas(&g, me, deltas);
+        local.sweep_fds(&g);
     }
 }
 
@@ -899,9 +965,7 @@ pub fn vm_remapped(old: usize, old_len: usize, new: usize, new_len: usize) {
     }
     local.publish_count();
     let g = reg.lock();
-    if g.slot(slot).state == SLOT_USED && g.slot(slot).serial == serial {
-        let _ = g.rec_add(me, slot, 1);
-    }
+    shm_open_frags(&g, me, slot, serial, 1); // the moved VMA is a copy: shm_open
 }
 
 // ----------------------------------------------------------------- shmctl
@@ -969,7 +1033,7 @@ pub fn list_segments(reg: &Registry) -> Vec<SegStat> {
                 cpid: s.cpid,
                 lpid: s.lpid,
                 nattch: s.nattch,
-                rss_pages: resident_pages(reg, s),
+                rss_pages: resident_pages(reg, s, LOCAL.try_lock().as_deref()),
             }
         })
         .collect()
@@ -1007,11 +1071,8 @@ pub fn sysvipc_text(reg: &Registry) -> String {
 }
 
 /// Resident pages of a segment (SHM_INFO shm_rss): the memfd's allocated blocks.
-fn resident_pages(reg: &Registry, s: &Slot) -> u64 {
-    if let Some(st) = LOCAL
-        .try_lock()
-        .and_then(|l| l.fds.iter().find(|c| c.serial == s.serial).and_then(|c| sys::fstat(c.rw.as_raw_fd()).ok()))
-    {
+fn resident_pages(reg: &Registry, s: &Slot, local: Option<&Local>) -> u64 {
+    if let Some(st) = local.and_then(|l| l.fds.get(&s.serial)).and_then(|c| sys::fstat(c.rw).ok()).filter(|st| st.st_ino == s.ino) {
         return st.st_blocks as u64 * 512 / PAGE as u64;
     }
     let kpid = reg.header().keeper_pid.load(Ordering::Acquire);
@@ -1055,7 +1116,25 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
     }
     let reg = process::registry()?;
     let me = my_entry();
+    // LOCAL first (lock order), so that descriptors of segments this call
+    // destroys are dropped before it returns.
+    let mut local = LOCAL.lock();
     let g = reg.lock();
+    let r = shmctl_locked(&g, reg, &local, me, id, cmd, buf, &setbuf);
+    local.sweep_fds(&g);
+    drop(g);
+    let (ret, out) = r?;
+    if let Some(bytes) = out {
+        sys::copy_to_user(buf, &bytes)?;
+    }
+    Ok(ret)
+}
+
+/// shmctl's work under the lock; returns the result and the bytes to copy out
+/// (copied after the lock is released, as the kernel does).
+#[allow(clippy::too_many_arguments)]
+fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>, id: i32, cmd: i32, buf: usize, setbuf: &[u8; 112]) -> SysResult<(i32, Option<Vec<u8>>)> {
+    let _ = buf;
     match cmd {
         IPC_INFO => {
             reap_all(&g, me);
@@ -1066,9 +1145,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
                 b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
             }
             let ret = max_idx_ret(&g);
-            drop(g);
-            sys::copy_to_user(buf, &b)?; // S100
-            Ok(ret)
+            Ok((ret, Some(b.to_vec()))) // S100: EFAULT from the copy-out
         }
         SHM_INFO => {
             reap_all(&g, me);
@@ -1077,7 +1154,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             for i in 0..=(h.max_idx.max(-1)) {
                 let s = g.slot(i as usize);
                 if s.state == SLOT_USED {
-                    rss += resident_pages(reg, s);
+                    rss += resident_pages(reg, s, Some(local));
                 }
             }
             let mut b = [0u8; 48];
@@ -1085,9 +1162,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             b[8..16].copy_from_slice(&h.shm_tot.to_ne_bytes());
             b[16..24].copy_from_slice(&rss.to_ne_bytes());
             let ret = max_idx_ret(&g);
-            drop(g);
-            sys::copy_to_user(buf, &b)?; // S101
-            Ok(ret)
+            Ok((ret, Some(b.to_vec()))) // S101
         }
         IPC_STAT | SHM_STAT | SHM_STAT_ANY => {
             let slot = if cmd == IPC_STAT {
@@ -1109,9 +1184,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             }
             let bytes = shmid_ds_bytes(s, s.nattch);
             let ret = if cmd == IPC_STAT { 0 } else { make_id(s.seq, slot as u32) };
-            drop(g);
-            sys::copy_to_user(buf, &bytes)?; // S84, S103
-            Ok(ret)
+            Ok((ret, Some(bytes.to_vec()))) // S84, S103
         }
         IPC_SET | IPC_RMID => {
             let slot = g.slot_of_id(id).ok_or(Errno(libc::EINVAL))?;
@@ -1132,13 +1205,13 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
                 s.gid = gid;
                 s.mode = (s.mode & !0o777) | (mode & 0o777); // S87, S91
                 s.ctime = sys::now();
-                return Ok(0);
+                return Ok((0, None));
             }
             // do_shm_rmid (S93–S97).
             reap_slot(&g, slot, me);
             let s = g.slot(slot);
             if s.state != SLOT_USED {
-                return Ok(0);
+                return Ok((0, None));
             }
             if s.nattch > 0 {
                 if s.key != 0 && s.mode & SHM_DEST == 0 {
@@ -1149,7 +1222,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             } else {
                 shm_destroy(&g, slot);
             }
-            Ok(0)
+            Ok((0, None))
         }
         SHM_LOCK | SHM_UNLOCK => {
             let slot = g.slot_of_id(id).ok_or(Errno(libc::EINVAL))?; // S111
@@ -1164,7 +1237,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
                 }
             }
             if s.flags & F_HUGETLB != 0 {
-                return Ok(0); // S110
+                return Ok((0, None)); // S110
             }
             if cmd == SHM_LOCK {
                 if s.mode & SHM_LOCKED == 0 {
@@ -1186,7 +1259,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             } else {
                 s.mode &= !SHM_LOCKED;
             }
-            Ok(0)
+            Ok((0, None))
         }
         _ => einval(),
     }

@@ -119,6 +119,18 @@ pub fn madvise(addr: usize, len: usize, advice: i32) -> bool {
     unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) == 0 }
 }
 
+/// Whether any mapping of this process intersects `[start, end)` (from
+/// /proc/self/maps; used only on a rare error path).
+pub fn range_has_mapping(start: usize, end: usize) -> bool {
+    let Some(maps) = read_small("/proc/self/maps") else { return false };
+    maps.lines().any(|l| {
+        let mut it = l.split(|c| c == '-' || c == ' ');
+        let lo = it.next().and_then(|v| usize::from_str_radix(v, 16).ok());
+        let hi = it.next().and_then(|v| usize::from_str_radix(v, 16).ok());
+        matches!((lo, hi), (Some(lo), Some(hi)) if lo < end && hi > start)
+    })
+}
+
 /// True when every page of `[addr, addr+len)` is mapped (mincore succeeds).
 pub fn is_mapped(addr: usize, len: usize) -> bool {
     let pages = len.div_ceil(4096).max(1);

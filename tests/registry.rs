@@ -276,3 +276,26 @@ fn record_sizes_are_as_documented() {
     assert_eq!(std::mem::size_of::<Rec>(), 32);
     assert_eq!(FILE_SIZE, HEADER_SIZE + MAX_SLOTS * 136 + INDEX_SIZE * 4 + MAX_PROCS * 16 + MAX_RECS * 32);
 }
+
+#[test]
+fn repair_finishes_a_destruction_cut_short() {
+    // A holder killed between the last detach of a removed segment and its
+    // destruction leaves it SHM_DEST with nattch 0 (S75): repair destroys it.
+    let d = tempdir("destcut");
+    let reg = Registry::open_or_create(&d, LIMITS, false).unwrap();
+    let g = reg.lock();
+    let id = create(&g, 0, 2);
+    let keep = create(&g, 41, 1);
+    let idx = id_idx(id);
+    g.slot(idx).mode |= SHM_DEST;
+    assert!(g.check_invariants().is_err(), "check flags the half-done destruction");
+    let epoch = g.hdr().destroy_epoch.load(std::sync::atomic::Ordering::Acquire);
+    g.repair();
+    g.check_invariants().unwrap();
+    assert!(g.slot_of_id(id).is_none(), "destroyed");
+    assert!(g.slot_of_id(keep).is_some());
+    assert_eq!(g.hdr().in_use, 1);
+    assert_eq!(g.hdr().destroy_epoch.load(std::sync::atomic::Ordering::Acquire), epoch + 1, "recorded for descriptor sweeps");
+    drop(g);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,0 +1,72 @@
+//! A small futex mutex that survives `fork`: the child of a fork taken while other
+//! threads waited on it can still unlock and use it (parking_lot's mutex keeps
+//! waiter state in process-global tables that a fork child inherits half-held).
+//!
+//! States: 0 unlocked, 1 locked, 2 locked with waiters (Drepper, "Futexes Are
+//! Tricky").
+
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct FsMutex<T> {
+    state: AtomicU32,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: access to `data` is serialised by `state`, as for any mutex.
+unsafe impl<T: Send> Sync for FsMutex<T> {}
+unsafe impl<T: Send> Send for FsMutex<T> {}
+
+pub struct FsGuard<'a, T> {
+    m: &'a FsMutex<T>,
+}
+
+fn futex(addr: &AtomicU32, op: i32, val: u32) {
+    // SAFETY: a futex wait/wake on a live AtomicU32; no timeout, no other memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, addr.as_ptr(), op | libc::FUTEX_PRIVATE_FLAG, val, std::ptr::null::<libc::timespec>());
+    }
+}
+
+impl<T> FsMutex<T> {
+    pub const fn new(v: T) -> Self {
+        FsMutex { state: AtomicU32::new(0), data: UnsafeCell::new(v) }
+    }
+
+    pub fn lock(&self) -> FsGuard<'_, T> {
+        if self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            while self.state.swap(2, Ordering::Acquire) != 0 {
+                futex(&self.state, libc::FUTEX_WAIT, 2);
+            }
+        }
+        FsGuard { m: self }
+    }
+
+    pub fn try_lock(&self) -> Option<FsGuard<'_, T>> {
+        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| FsGuard { m: self })
+    }
+}
+
+impl<T> Drop for FsGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.m.state.swap(0, Ordering::Release) == 2 {
+            futex(&self.m.state, libc::FUTEX_WAKE, 1);
+        }
+    }
+}
+
+impl<T> Deref for FsGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves we hold the lock.
+        unsafe { &*self.m.data.get() }
+    }
+}
+
+impl<T> DerefMut for FsGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves we hold the lock, exclusively.
+        unsafe { &mut *self.m.data.get() }
+    }
+}
