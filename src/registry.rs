@@ -712,21 +712,49 @@ impl<'a> RegGuard<'a> {
 
     // ------------------------------------------------------------- records
 
+    /// Walks a record list from `head`, following `next`; bounded, so a list
+    /// scribbled into a cycle or out of range ends the walk instead of hanging.
+    fn walk(&self, head: u32, next: fn(&Rec) -> u32) -> impl Iterator<Item = u32> + '_ {
+        let mut r = head;
+        let mut steps = 0;
+        std::iter::from_fn(move || {
+            if r == NIL || r as usize >= MAX_RECS || steps >= MAX_RECS {
+                return None;
+            }
+            steps += 1;
+            let cur = r;
+            r = next(self.rec(cur as usize));
+            Some(cur)
+        })
+    }
+
+    /// The records of process entry `p`.
+    pub fn proc_recs(&self, p: usize) -> impl Iterator<Item = u32> + '_ {
+        self.walk(self.proc_entry(p).rec_head, |r| r.next_proc)
+    }
+
+    /// The records of `slot`.
+    pub fn slot_recs(&self, slot: usize) -> impl Iterator<Item = u32> + '_ {
+        self.walk(self.slot(slot).rec_head, |r| r.next_slot)
+    }
+
+    /// Process `p`'s record for the current incarnation of `slot`.
+    fn find_rec(&self, p: usize, slot: usize) -> Option<u32> {
+        let serial = self.slot(slot).serial;
+        self.proc_recs(p).find(|&r| {
+            let rec = self.rec(r as usize);
+            rec.slot as usize == slot && rec.serial == serial
+        })
+    }
+
     /// Adds `n` fragments of `slot` to process entry `p`.
     pub fn rec_add(&self, p: usize, slot: usize, n: u32) -> SysResult<()> {
-        let serial = self.slot(slot).serial;
-        let mut r = self.proc_entry(p).rec_head;
-        let mut steps = 0;
-        while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
-            steps += 1;
-            let rec = self.rec(r as usize);
-            if rec.slot as usize == slot && rec.serial == serial {
-                rec.count += n;
-                self.slot(slot).nattch += n as u64;
-                return Ok(());
-            }
-            r = rec.next_proc;
+        if let Some(r) = self.find_rec(p, slot) {
+            self.rec(r as usize).count += n;
+            self.slot(slot).nattch += n as u64;
+            return Ok(());
         }
+        let serial = self.slot(slot).serial;
         let h = self.hdr();
         let r = h.rec_free;
         if r == NIL || r as usize >= MAX_RECS {
@@ -748,22 +776,14 @@ impl<'a> RegGuard<'a> {
 
     /// Removes `n` fragments of `slot` from process entry `p`.
     pub fn rec_sub(&self, p: usize, slot: usize, n: u32) {
-        let serial = self.slot(slot).serial;
-        let mut r = self.proc_entry(p).rec_head;
-        let mut steps = 0;
-        while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
-            steps += 1;
+        if let Some(r) = self.find_rec(p, slot) {
             let rec = self.rec(r as usize);
-            if rec.slot as usize == slot && rec.serial == serial {
-                let n = n.min(rec.count);
-                rec.count -= n;
-                self.slot(slot).nattch -= n as u64;
-                if rec.count == 0 {
-                    self.rec_free(r);
-                }
-                return;
+            let n = n.min(rec.count);
+            rec.count -= n;
+            self.slot(slot).nattch -= n as u64;
+            if rec.count == 0 {
+                self.rec_free(r);
             }
-            r = rec.next_proc;
         }
     }
 
@@ -811,10 +831,7 @@ impl<'a> RegGuard<'a> {
     /// Procs holding records on `slot`, other than `me`.
     pub fn slot_holders(&self, slot: usize, me: Option<usize>) -> Vec<usize> {
         let mut out = Vec::new();
-        let mut r = self.slot(slot).rec_head;
-        let mut steps = 0;
-        while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
-            steps += 1;
+        for r in self.slot_recs(slot) {
             let rec = self.rec(r as usize);
             if rec.proc_ == 0 || rec.proc_ as usize > MAX_PROCS {
                 break;
@@ -823,7 +840,6 @@ impl<'a> RegGuard<'a> {
             if Some(p) != me && !out.contains(&p) {
                 out.push(p);
             }
-            r = rec.next_slot;
         }
         out
     }
@@ -938,14 +954,7 @@ impl<'a> RegGuard<'a> {
                 if s.key != 0 && s.mode & SHM_DEST == 0 && self.find_key(s.key) != Some(i) {
                     return Err(format!("slot {i}: key {} not indexed", s.key));
                 }
-                let mut n = 0u64;
-                let mut r = s.rec_head;
-                let mut steps = 0;
-                while r != NIL && (r as usize) < MAX_RECS && steps < MAX_RECS {
-                    steps += 1;
-                    n += self.rec(r as usize).count as u64;
-                    r = self.rec(r as usize).next_slot;
-                }
+                let n: u64 = self.slot_recs(i).map(|r| self.rec(r as usize).count as u64).sum();
                 if n != s.nattch {
                     return Err(format!("slot {i}: nattch {} but records say {n}", s.nattch));
                 }

@@ -181,13 +181,7 @@ pub fn gc(reg: &Registry) -> GcReport {
         if g.reg.proc_alive(p) {
             continue;
         }
-        let mut r = g.proc_entry(p).rec_head;
-        let mut steps = 0;
-        while r != registry::NIL && (r as usize) < registry::MAX_RECS && steps < registry::MAX_RECS {
-            rep.fragments += g.rec(r as usize).count as u64;
-            r = g.rec(r as usize).next_proc;
-            steps += 1;
-        }
+        rep.fragments += g.proc_recs(p).map(|r| g.rec(r as usize).count as u64).sum::<u64>();
         rep.procs += 1;
         for s in g.reap_proc(p, now) {
             maybe_destroy(&g, s);
@@ -1120,7 +1114,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
     // destroys are dropped before it returns.
     let mut local = LOCAL.lock();
     let g = reg.lock();
-    let r = shmctl_locked(&g, reg, &local, me, id, cmd, buf, &setbuf);
+    let r = shmctl_locked(&g, reg, &local, me, id, cmd, &setbuf);
     local.sweep_fds(&g);
     drop(g);
     let (ret, out) = r?;
@@ -1132,9 +1126,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
 
 /// shmctl's work under the lock; returns the result and the bytes to copy out
 /// (copied after the lock is released, as the kernel does).
-#[allow(clippy::too_many_arguments)]
-fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>, id: i32, cmd: i32, buf: usize, setbuf: &[u8; 112]) -> SysResult<(i32, Option<Vec<u8>>)> {
-    let _ = buf;
+fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>, id: i32, cmd: i32, setbuf: &[u8; 112]) -> SysResult<(i32, Option<Vec<u8>>)> {
     match cmd {
         IPC_INFO => {
             reap_all(&g, me);

@@ -1,0 +1,233 @@
+//! The `shmshim` command and the library's switches, driven as a user would:
+//! `SHMSHIM_MODE` (emulate / native / auto), `SHMSHIM_LOG`, `syscall(SYS_shm*)`
+//! interception (SEMANTICS S155), `shmshim run` (exit status, LD_PRELOAD), and
+//! `ls --json` / `stat` / `rm` / `gc`.
+//!
+//! Needs gcc and util-linux (`unshare`, `ipcs`), as scripts/test does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn release(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+/// Builds the release library and binary once, plus the C helpers.
+fn setup() -> &'static (PathBuf, PathBuf) {
+    static S: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    S.get_or_init(|| {
+        let st = Command::new(env!("CARGO")).args(["build", "--release", "--quiet"]).current_dir(root()).status().unwrap();
+        assert!(st.success(), "cargo build --release");
+        let out = root().join("target/cli-test");
+        std::fs::create_dir_all(&out).unwrap();
+        let probe = out.join("probe");
+        let src = out.join("probe.c");
+        std::fs::write(&src, PROBE_C).unwrap();
+        let ok = Command::new("gcc").args(["-O1", "-o"]).arg(&probe).arg(&src).status().unwrap();
+        assert!(ok.success(), "gcc probe.c");
+        let nosysv = out.join("nosysv");
+        let ok = Command::new("gcc").args(["-O1", "-o"]).arg(&nosysv).arg(root().join("scripts/nosysv.c")).status().unwrap();
+        assert!(ok.success(), "gcc nosysv.c");
+        (probe, nosysv)
+    })
+}
+
+/// `probe create KEY` prints the id; `probe find KEY`; `probe rm KEY`;
+/// `probe raw KEY` does create/stat/attach/detach/remove through syscall(2).
+const PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <sys/shm.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+int main(int argc, char **argv) {
+    key_t key = (key_t)strtol(argv[2], 0, 0);
+    if (!strcmp(argv[1], "create")) {
+        int id = shmget(key, 4096, IPC_CREAT | 0600);
+        if (id < 0) { printf("error %s\n", strerror(errno)); return 1; }
+        printf("%d\n", id); return 0;
+    }
+    if (!strcmp(argv[1], "find")) { int id = shmget(key, 0, 0); printf("%d %d\n", id, id < 0 ? errno : 0); return 0; }
+    if (!strcmp(argv[1], "rm")) { return shmctl(shmget(key, 0, 0), IPC_RMID, 0) != 0; }
+    if (!strcmp(argv[1], "raw")) {
+        long id = syscall(SYS_shmget, key, 8192, IPC_CREAT | 0600);
+        struct shmid_ds d;
+        long st = syscall(SYS_shmctl, id, IPC_STAT, &d);
+        char *p = (char *)syscall(SYS_shmat, id, 0, 0);
+        p[0] = 'x';
+        long dt = syscall(SYS_shmdt, p);
+        long bad = syscall(SYS_shmctl, -1, IPC_STAT, &d);
+        int e = errno;
+        long rm = syscall(SYS_shmctl, id, IPC_RMID, 0);
+        printf("id=%ld stat=%ld segsz=%zu dt=%ld bad=%ld/%d rm=%ld\n", id, st, d.shm_segsz, dt, bad, e, rm);
+        return 0;
+    }
+    return 2;
+}
+"#;
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shmshim-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run<C: std::borrow::BorrowMut<Command>>(mut cmd: C) -> Output {
+    cmd.borrow_mut().output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command under the shim in namespace `dir`, optionally in the no-SysV sandbox.
+fn shim(dir: &Path, sandbox: bool, args: &[&str]) -> Command {
+    let (_, nosysv) = setup();
+    let mut c = if sandbox { Command::new(nosysv) } else { Command::new(args[0]) };
+    if sandbox {
+        c.args(args);
+    } else {
+        c.args(&args[1..]);
+    }
+    c.env("LD_PRELOAD", release("libshmshim.so")).env("SHMSHIM_DIR", dir).env_remove("SHMSHIM_MODE").env_remove("SHMSHIM_LOG");
+    c
+}
+
+/// Waits for the namespace's keeper to exit, then removes the directory.
+fn finish(dir: &Path) {
+    for _ in 0..50 {
+        let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy())).unwrap_or(false)
+        });
+        if !busy {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn s155_syscall_interface_is_intercepted_in_the_sandbox() {
+    let (probe, _) = setup();
+    let dir = tempdir("raw");
+    let o = run(shim(&dir, true, &[probe.to_str().unwrap(), "raw", "0x5eed7001"]));
+    let t = text(&o);
+    assert!(t.starts_with("id=0 stat=0 segsz=8192 dt=0 bad=-1/22 rm=0"), "{t} {}", String::from_utf8_lossy(&o.stderr));
+    finish(&dir);
+}
+
+#[test]
+fn mode_native_and_auto_use_the_kernel_where_it_works() {
+    let (probe, nosysv) = setup();
+    for mode in ["native", "auto"] {
+        let dir = tempdir(mode);
+        // In a private IPC namespace: the segment must be the kernel's (ipcs sees
+        // it without the shim), and the shim's namespace directory stays unused.
+        let script = format!("{p} create 0x5eed7002 >/dev/null && ipcs -m | grep -c 0x5eed7002; {p} rm 0x5eed7002", p = probe.display());
+        let o = run(Command::new("unshare")
+            .args(["--ipc", "sh", "-c", &script])
+            .env("LD_PRELOAD", release("libshmshim.so"))
+            .env("SHMSHIM_DIR", &dir)
+            .env("SHMSHIM_MODE", mode));
+        assert_eq!(text(&o).trim(), "1", "SHMSHIM_MODE={mode}: the kernel holds the segment");
+        assert!(!dir.join("registry").exists(), "SHMSHIM_MODE={mode} must not touch the shim's namespace");
+        finish(&dir);
+    }
+    // auto where the kernel refuses (seccomp ENOSYS): emulation.
+    let dir = tempdir("auto-emul");
+    let o = run(Command::new(nosysv)
+        .args([probe.to_str().unwrap(), "create", "0x5eed7003"])
+        .env("LD_PRELOAD", release("libshmshim.so"))
+        .env("SHMSHIM_DIR", &dir)
+        .env("SHMSHIM_MODE", "auto")
+        .env("SHMSHIM_LOG", "1"));
+    assert_eq!(text(&o).trim(), "0", "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("mode emulate (auto: the kernel's SysV shm is unavailable)"), "the choice is logged: {err}");
+    let ls = run(Command::new(release("shmshim")).arg("ls").env("SHMSHIM_DIR", &dir));
+    assert!(text(&ls).contains("0x5eed7003"), "{}", text(&ls));
+    let rm = run(shim(&dir, true, &[probe.to_str().unwrap(), "rm", "0x5eed7003"]));
+    assert!(rm.status.success());
+    finish(&dir);
+}
+
+#[test]
+fn log_writes_one_line_per_call_with_result_and_errno() {
+    let (probe, _) = setup();
+    let dir = tempdir("log");
+    std::fs::create_dir_all(&dir).unwrap();
+    let logf = dir.join("calls.log");
+    let o = run(shim(&dir, true, &[probe.to_str().unwrap(), "find", "0x5eed7004"]).env("SHMSHIM_LOG", &logf));
+    assert_eq!(text(&o).trim(), "-1 2");
+    let o = run(shim(&dir, true, &[probe.to_str().unwrap(), "create", "0x5eed7004"]).env("SHMSHIM_LOG", &logf));
+    let pid_line = text(&o);
+    let _ = run(shim(&dir, true, &[probe.to_str().unwrap(), "rm", "0x5eed7004"]).env("SHMSHIM_LOG", &logf));
+    let log = std::fs::read_to_string(&logf).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" mode ")).collect();
+    assert!(lines[0].contains("shmget(key=0x5eed7004, size=0, flg=0o0) = -1 ENOENT"), "{log}");
+    assert!(lines[1].contains("shmget(key=0x5eed7004, size=4096, flg=0o1600) = ") && lines[1].ends_with(pid_line.trim()), "{log}");
+    assert!(lines.iter().any(|l| l.contains("shmctl(id=0, cmd=0, buf=0x0) = 0")), "{log}");
+    assert!(lines.iter().all(|l| l.starts_with("shmshim[")), "pid on every line: {log}");
+    finish(&dir);
+}
+
+#[test]
+fn run_passes_exit_status_and_keeps_existing_preloads() {
+    let dir = tempdir("run");
+    let o = run(Command::new(release("shmshim"))
+        .args(["run", "--", "sh", "-c", "echo \"$LD_PRELOAD\"; exit 7"])
+        .env("SHMSHIM_DIR", &dir)
+        .env("LD_PRELOAD", "/nonexistent/libother.so"));
+    assert_eq!(o.status.code(), Some(7));
+    let pre = text(&o);
+    let parts: Vec<&str> = pre.trim().split(':').collect();
+    assert!(parts[0].ends_with("libshmshim.so"), "shim first: {pre}");
+    assert_eq!(parts[1], "/nonexistent/libother.so", "others kept: {pre}");
+    let o = run(Command::new(release("shmshim")).args(["run", "--", "/nonexistent/prog"]).env("SHMSHIM_DIR", &dir));
+    assert_eq!(o.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot run /nonexistent/prog"));
+    finish(&dir);
+}
+
+#[test]
+fn ls_json_stat_rm_gc() {
+    let (probe, _) = setup();
+    let dir = tempdir("ls");
+    let o = run(shim(&dir, true, &[probe.to_str().unwrap(), "create", "0x5eed7005"]));
+    let id = text(&o).trim().to_string();
+    let bin = release("shmshim");
+    let json = run(Command::new(&bin).args(["ls", "--json"]).env("SHMSHIM_DIR", &dir));
+    let j = text(&json);
+    assert!(j.contains(&format!("\"shmid\":{id},\"key\":{}", 0x5eed7005)) && j.contains("\"perms\":\"600\""), "{j}");
+    let parsed = run(Command::new("python3").args(["-c", "import json,sys; d=json.load(sys.stdin); print(len(d['segments']), d['mode'])"]).stdin(std::fs::File::open({
+        let f = dir.join("ls.json");
+        std::fs::write(&f, &j).unwrap();
+        f
+    }).unwrap()));
+    assert_eq!(text(&parsed).trim(), "1 emulate", "valid JSON");
+    let st = run(Command::new(&bin).args(["stat", &id]).env("SHMSHIM_DIR", &dir));
+    assert!(text(&st).contains("segsz 4096"), "{}", text(&st));
+    let bad = run(Command::new(&bin).args(["rm", "12345"]).env("SHMSHIM_DIR", &dir));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no such segment"));
+    let gc = run(Command::new(&bin).arg("gc").env("SHMSHIM_DIR", &dir));
+    assert!(text(&gc).starts_with("gc: "), "{}", text(&gc));
+    let rm = run(Command::new(&bin).args(["rm", "--key", "0x5eed7005"]).env("SHMSHIM_DIR", &dir));
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    let ls = run(Command::new(&bin).arg("ls").env("SHMSHIM_DIR", &dir));
+    assert!(!text(&ls).contains("0x5eed7005"));
+    for cmd in ["run", "ls", "stat", "rm", "gc", "check", "keeper"] {
+        let h = run(Command::new(&bin).args([cmd, "--help"]));
+        assert!(h.status.success() && text(&h).starts_with(&format!("usage: shmshim {cmd}")), "{cmd} --help");
+    }
+    finish(&dir);
+}
