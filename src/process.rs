@@ -284,6 +284,7 @@ pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
 
 /// Makes entry `p` ours: records a previous (dead) owner left are detached first.
 pub fn init_entry(g: &RegGuard, p: usize, pid: i32) {
+    g.open_proc_entry(p);
     let now = sys::now();
     let touched = g.reap_proc(p, now);
     for s in touched {

@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: [u8; 8] = *b"SHMSHIM\x01";
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Memfds the keeper makes ahead of time, so a same-uid creator needs no message
 /// to the keeper (see `keeper`).
@@ -136,6 +136,14 @@ pub struct Header {
     _pad2: u32,
     /// Source of `Slot::serial`; never reused.
     pub next_serial: u64,
+    /// High-water marks: slots, proc entries and records at or above these were
+    /// never used, are all zero, and count as empty. Nothing beyond them is
+    /// touched, so an idle namespace costs a few pages, not the whole file.
+    /// Primary data (never lowered).
+    pub slot_hwm: u32,
+    pub proc_hwm: u32,
+    pub rec_hwm: u32,
+    _pad_hwm: u32,
     /// Derived: head of the free record list.
     pub rec_free: u32,
     /// Hint for the next proc entry to try.
@@ -430,12 +438,8 @@ impl Registry {
         h.idr_next = 0;
         h.max_idx = -1;
         h.next_serial = 1;
-        // Records: all free, chained in order; slots and procs start empty. The
-        // file is not linked into place yet, so nobody else can see it; the guard
-        // is forgotten because the mutex was never locked.
-        let g = RegGuard { reg: self };
-        g.rebuild_lists();
-        std::mem::forget(g);
+        // Everything else starts empty by being beyond the high-water marks.
+        h.rec_free = NIL;
     }
 
     pub fn header(&self) -> &Header {
@@ -686,6 +690,7 @@ impl<'a> RegGuard<'a> {
         let start = h.idr_next as usize;
         let idx = free_from(start).or_else(|| if start > 0 { free_from(0) } else { None })?;
         h.idr_next = idx as u32 + 1;
+        h.slot_hwm = h.slot_hwm.max(idx as u32 + 1);
         if idx as i32 <= h.last_idx {
             h.seq += 1;
             if h.seq >= SEQ_MAX {
@@ -756,12 +761,17 @@ impl<'a> RegGuard<'a> {
         }
         let serial = self.slot(slot).serial;
         let h = self.hdr();
-        let r = h.rec_free;
-        if r == NIL || r as usize >= MAX_RECS {
+        let r = if h.rec_free != NIL && (h.rec_free as usize) < MAX_RECS {
+            let r = h.rec_free;
+            h.rec_free = self.rec(r as usize).next_proc;
+            r
+        } else if (h.rec_hwm as usize) < MAX_RECS {
+            h.rec_hwm += 1;
+            h.rec_hwm - 1
+        } else {
             return Err(Errno(libc::ENOMEM));
-        }
+        };
         let rec = self.rec(r as usize);
-        h.rec_free = rec.next_proc;
         rec.slot = slot as u32;
         rec.serial = serial;
         rec.count = n;
@@ -846,7 +856,22 @@ impl<'a> RegGuard<'a> {
 
     /// Every proc entry in use, other than `me`.
     pub fn all_procs(&self, me: Option<usize>) -> Vec<usize> {
-        (0..MAX_PROCS).filter(|&p| Some(p) != me && (self.proc_entry(p).pid != 0 || self.proc_entry(p).rec_head != NIL)).collect()
+        (0..self.proc_hwm()).filter(|&p| Some(p) != me && (self.proc_entry(p).pid != 0 || self.proc_entry(p).rec_head != NIL)).collect()
+    }
+
+    fn proc_hwm(&self) -> usize {
+        (self.hdr().proc_hwm as usize).min(MAX_PROCS)
+    }
+
+    /// Makes entries up to `p` valid (empty) before first use.
+    pub fn open_proc_entry(&self, p: usize) {
+        let h = self.hdr();
+        while (h.proc_hwm as usize) <= p && (h.proc_hwm as usize) < MAX_PROCS {
+            let e = self.proc_entry(h.proc_hwm as usize);
+            e.pid = 0;
+            e.rec_head = NIL;
+            h.proc_hwm += 1;
+        }
     }
 
     // ------------------------------------------------------------- repair
@@ -854,7 +879,7 @@ impl<'a> RegGuard<'a> {
     /// Rebuilds every derived structure from primary data. Idempotent, so a holder
     /// that dies while repairing is repaired after in turn.
     pub fn repair(&self) {
-        for i in 0..MAX_SLOTS {
+        for i in 0..self.slot_hwm() {
             let s = self.slot(i);
             if s.state != SLOT_USED {
                 s.state = SLOT_FREE;
@@ -864,7 +889,7 @@ impl<'a> RegGuard<'a> {
         // A holder killed between the last detach of a removed segment and its
         // destruction (S75) leaves it SHM_DEST with nattch 0: finish the job.
         let h = self.hdr();
-        for i in 0..MAX_SLOTS {
+        for i in 0..self.slot_hwm() {
             let s = self.slot(i);
             if s.state == SLOT_USED && s.mode & SHM_DEST != 0 && s.nattch == 0 {
                 s.state = SLOT_FREE;
@@ -874,12 +899,15 @@ impl<'a> RegGuard<'a> {
             }
         }
         for i in 0..INDEX_SIZE {
-            *self.index(i) = 0;
+            // Only non-empty buckets are written: pages never used stay holes.
+            if *self.index(i) != 0 {
+                *self.index(i) = 0;
+            }
         }
         h.in_use = 0;
         h.shm_tot = 0;
         h.max_idx = -1;
-        for i in 0..MAX_SLOTS {
+        for i in 0..self.slot_hwm() {
             let s = self.slot(i);
             if s.state != SLOT_USED {
                 continue;
@@ -895,21 +923,22 @@ impl<'a> RegGuard<'a> {
 
     /// Rebuilds record lists, the free list and every nattch from the records.
     fn rebuild_lists(&self) {
-        for i in 0..MAX_SLOTS {
+        for i in 0..self.slot_hwm() {
             let s = self.slot(i);
             s.rec_head = NIL;
             s.nattch = 0;
         }
-        for p in 0..MAX_PROCS {
+        for p in 0..self.proc_hwm() {
             self.proc_entry(p).rec_head = NIL;
         }
         let h = self.hdr();
         h.rec_free = NIL;
-        for r in (0..MAX_RECS).rev() {
+        h.rec_hwm = h.rec_hwm.min(MAX_RECS as u32);
+        for r in (0..h.rec_hwm as usize).rev() {
             let rec = self.rec(r);
             let valid = rec.proc_ != 0
-                && (rec.proc_ as usize) <= MAX_PROCS
-                && (rec.slot as usize) < MAX_SLOTS
+                && (rec.proc_ as usize) <= self.proc_hwm()
+                && (rec.slot as usize) < self.slot_hwm()
                 && rec.count > 0
                 && self.slot(rec.slot as usize).state == SLOT_USED
                 && self.slot(rec.slot as usize).serial == rec.serial;
@@ -929,6 +958,10 @@ impl<'a> RegGuard<'a> {
         }
     }
 
+    fn slot_hwm(&self) -> usize {
+        (self.hdr().slot_hwm as usize).min(MAX_SLOTS)
+    }
+
     /// Recomputes max_idx after a slot was freed.
     pub fn recompute_max_idx(&self) {
         let h = self.hdr();
@@ -945,7 +978,7 @@ impl<'a> RegGuard<'a> {
         let mut in_use = 0;
         let mut tot = 0;
         let mut max = -1;
-        for i in 0..MAX_SLOTS {
+        for i in 0..self.slot_hwm() {
             let s = self.slot(i);
             if s.state == SLOT_USED {
                 in_use += 1;

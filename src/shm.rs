@@ -1008,7 +1008,8 @@ pub struct SegStat {
 pub fn list_segments(reg: &Registry) -> Vec<SegStat> {
     let g = reg.lock();
     reap_all(&g, my_entry());
-    (0..MAX_SLOTS)
+    (0..=g.hdr().max_idx.max(-1))
+        .map(|i| i as usize)
         .filter(|&i| g.slot(i).state == SLOT_USED)
         .map(|i| {
             let s = g.slot(i);

@@ -87,6 +87,7 @@ fn s10_window_and_s11_seq_wrap() {
     }
     // S11: seq wraps from 65534 to 0.
     g.hdr().seq = SEQ_MAX - 1;
+    // (alloc_idx keeps the slot high-water mark)
     g.hdr().idr_next = 64;
     let id = create(&g, 0, 1);
     assert_eq!(id_seq(id), 0, "seq wraps to 0 after 65534");
@@ -147,6 +148,7 @@ fn records_drive_nattch_and_reaping_detaches() {
     let g = reg.lock();
     let a = id_idx(create(&g, 11, 1));
     let b = id_idx(create(&g, 12, 1));
+    g.open_proc_entry(5);
     g.proc_entry(3).pid = 4242;
     g.proc_entry(5).pid = 4343;
     g.rec_add(3, a, 1).unwrap();
@@ -178,6 +180,7 @@ fn repair_rebuilds_every_derived_structure() {
     let g = reg.lock();
     let a = id_idx(create(&g, 21, 3));
     let b = id_idx(create(&g, 22, 5));
+    g.open_proc_entry(1);
     g.proc_entry(1).pid = 1;
     g.rec_add(1, a, 2).unwrap();
     g.rec_add(1, b, 1).unwrap();
@@ -275,6 +278,27 @@ fn record_sizes_are_as_documented() {
     assert_eq!(std::mem::size_of::<ProcEntry>(), 16);
     assert_eq!(std::mem::size_of::<Rec>(), 32);
     assert_eq!(FILE_SIZE, HEADER_SIZE + MAX_SLOTS * 136 + INDEX_SIZE * 4 + MAX_PROCS * 16 + MAX_RECS * 32);
+}
+
+#[test]
+fn an_idle_namespace_costs_a_few_pages() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempdir("sparse");
+    let reg = Registry::open_or_create(&d, LIMITS, false).unwrap();
+    let g = reg.lock();
+    for _ in 0..10 {
+        create(&g, 0, 1);
+    }
+    g.open_proc_entry(0);
+    g.proc_entry(0).pid = 7;
+    g.rec_add(0, 0, 1).unwrap();
+    g.check_invariants().unwrap();
+    g.repair();
+    g.check_invariants().unwrap();
+    drop(g);
+    let allocated = std::fs::metadata(d.join("registry")).unwrap().blocks() * 512;
+    assert!(allocated <= 64 * 1024, "registry allocates {allocated} bytes for 10 segments");
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
