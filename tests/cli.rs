@@ -231,3 +231,40 @@ fn ls_json_stat_rm_gc() {
     }
     finish(&dir);
 }
+
+#[test]
+fn default_namespace_dir_per_user_and_without_dev_shm() {
+    let (probe, nosysv) = setup();
+    // $XDG_RUNTIME_DIR first.
+    let xdg = tempdir("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    let o = run(Command::new(nosysv)
+        .args([probe.to_str().unwrap(), "create", "0x5eed7006"])
+        .env("LD_PRELOAD", release("libshmshim.so"))
+        .env_remove("SHMSHIM_DIR")
+        .env("XDG_RUNTIME_DIR", &xdg));
+    assert_eq!(text(&o).trim(), "0", "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(xdg.join("shmshim/registry").exists());
+    let rm = run(Command::new(nosysv).args([probe.to_str().unwrap(), "rm", "0x5eed7006"]).env("LD_PRELOAD", release("libshmshim.so")).env_remove("SHMSHIM_DIR").env("XDG_RUNTIME_DIR", &xdg));
+    assert!(rm.status.success());
+    finish(&xdg.join("shmshim"));
+    finish(&xdg);
+    // No $XDG_RUNTIME_DIR and no writable /dev/shm (as in serverless runtimes):
+    // $TMPDIR/shmshim-UID. A private mount namespace hides /dev/shm.
+    let tmp = tempdir("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o mode=0555 none /dev/shm && {p} create 0x5eed7007 && test -f \"$TMPDIR/shmshim-$(id -u)/registry\" && echo found && {p} rm 0x5eed7007",
+        p = probe.display()
+    );
+    let o = run(Command::new("unshare")
+        .args(["-m", "--propagation", "private", nosysv.to_str().unwrap(), "sh", "-c", &script])
+        .env("LD_PRELOAD", release("libshmshim.so"))
+        .env_remove("SHMSHIM_DIR")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", &tmp));
+    assert_eq!(text(&o).trim(), "0\nfound", "{}", String::from_utf8_lossy(&o.stderr));
+    let uid = unsafe { libc::getuid() }; // SAFETY: no arguments
+    finish(&tmp.join(format!("shmshim-{uid}")));
+    finish(&tmp);
+}
