@@ -15,6 +15,12 @@
 //! With `SHMSHIM_MODE=native` (or `auto` where the kernel's SysV IPC works) the
 //! four calls go to the kernel and nothing else is intercepted.
 
+// These functions are the C ABI: C callers hand them raw pointers, as the libc
+// functions they replace accept. Pointers are never dereferenced unchecked: user
+// buffers go through sys::copy_to_user/copy_from_user (EFAULT, not a crash), and
+// paths are read only up to their NUL as open(2) itself requires.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 use crate::config::emulating;
 use crate::log;
 use crate::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};

@@ -1130,18 +1130,18 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
 fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>, id: i32, cmd: i32, setbuf: &[u8; 112]) -> SysResult<(i32, Option<Vec<u8>>)> {
     match cmd {
         IPC_INFO => {
-            reap_all(&g, me);
+            reap_all(g, me);
             let h = g.hdr();
             let mut b = [0u8; 72];
             let vals = [h.shmmax, 1, h.shmmni, h.shmmni, h.shmall];
             for (i, v) in vals.iter().enumerate() {
                 b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
             }
-            let ret = max_idx_ret(&g);
+            let ret = max_idx_ret(g);
             Ok((ret, Some(b.to_vec()))) // S100: EFAULT from the copy-out
         }
         SHM_INFO => {
-            reap_all(&g, me);
+            reap_all(g, me);
             let h = g.hdr();
             let mut rss = 0u64;
             for i in 0..=(h.max_idx.max(-1)) {
@@ -1154,7 +1154,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
             b[0..4].copy_from_slice(&(h.in_use as i32).to_ne_bytes());
             b[8..16].copy_from_slice(&h.shm_tot.to_ne_bytes());
             b[16..24].copy_from_slice(&rss.to_ne_bytes());
-            let ret = max_idx_ret(&g);
+            let ret = max_idx_ret(g);
             Ok((ret, Some(b.to_vec()))) // S101
         }
         IPC_STAT | SHM_STAT | SHM_STAT_ANY => {
@@ -1167,7 +1167,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
                 }
                 idx
             };
-            reap_slot(&g, slot, me);
+            reap_slot(g, slot, me);
             let s = g.slot(slot);
             if s.state != SLOT_USED {
                 return einval();
@@ -1201,7 +1201,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
                 return Ok((0, None));
             }
             // do_shm_rmid (S93–S97).
-            reap_slot(&g, slot, me);
+            reap_slot(g, slot, me);
             let s = g.slot(slot);
             if s.state != SLOT_USED {
                 return Ok((0, None));
@@ -1213,7 +1213,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
                 s.mode |= SHM_DEST;
                 s.key = 0; // S94
             } else {
-                shm_destroy(&g, slot);
+                shm_destroy(g, slot);
             }
             Ok((0, None))
         }

@@ -124,7 +124,7 @@ pub fn madvise(addr: usize, len: usize, advice: i32) -> bool {
 pub fn range_has_mapping(start: usize, end: usize) -> bool {
     let Some(maps) = read_small("/proc/self/maps") else { return false };
     maps.lines().any(|l| {
-        let mut it = l.split(|c| c == '-' || c == ' ');
+        let mut it = l.split(['-', ' ']);
         let lo = it.next().and_then(|v| usize::from_str_radix(v, 16).ok());
         let hi = it.next().and_then(|v| usize::from_str_radix(v, 16).ok());
         matches!((lo, hi), (Some(lo), Some(hi)) if lo < end && hi > start)
