@@ -265,8 +265,13 @@ fn forking(real: ForkFn) -> pid_t {
     }
     // The keeper socket's lock too, so no other thread holds it across the fork.
     let client = crate::keeper::CLIENT.lock();
-    // SAFETY: the real fork; LOCAL is held so no other thread is mid-update.
+    // Atfork handlers run inside the real fork on this thread: memory calls they
+    // make must not re-enter the shim while LOCAL is held.
+    let reentry = Reentry::enter();
+    // SAFETY: the real fork; LOCAL is held so no other thread is mid-update, and
+    // the hooks pass straight through while it runs.
     let pid = unsafe { real() };
+    drop(reentry);
     drop(client);
     if pid == 0 {
         // Child: adopt the pre-claimed entry, drop the parent's liveness descriptor
@@ -347,11 +352,18 @@ pub extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_l
             _ => shmdt(a1 as *const c_void) as c_long,
         };
     }
-    match next_fn!(c"syscall", SyscallFn) {
+    let r = match next_fn!(c"syscall", SyscallFn) {
         // SAFETY: forwarding every argument unchanged to libc's syscall().
         Some(f) => unsafe { f(n, a1, a2, a3, a4, a5, a6) },
         None => enosys(-1),
+    };
+    if matches!(
+        n,
+        libc::SYS_setuid | libc::SYS_setgid | libc::SYS_setreuid | libc::SYS_setregid | libc::SYS_setresuid | libc::SYS_setresgid | libc::SYS_setgroups | libc::SYS_capset
+    ) {
+        sys::CRED_GEN.fetch_add(1, Ordering::AcqRel);
     }
+    r
 }
 
 // ------------------------------------------------------------ /proc/sysvipc/shm

@@ -106,7 +106,7 @@ pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<(
     let path = sock_path(dir);
     let sock = client(dir)?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut spawned = false;
+    let mut spawned: Option<Instant> = None;
     let mut delay = Duration::from_micros(100);
     loop {
         match sys::send_with_fds(sock, None, &msg.bytes(), fds, 0) {
@@ -116,11 +116,13 @@ pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<(
                 // again by path, and start one if nobody listens there.
                 match sys::connect(sock, &path) {
                     Ok(()) => continue,
-                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn && !spawned => {
+                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn && spawned.map_or(true, |t: Instant| t.elapsed() > Duration::from_millis(500)) => {
+                        // Start one (again, if the last one lost a race with an
+                        // exiting keeper).
                         spawn(dir)?;
-                        spawned = true;
+                        spawned = Some(Instant::now());
                     }
-                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if spawned => {}
+                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if spawned.is_some() => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -227,12 +229,16 @@ pub fn spawn(dir: &Path) -> SysResult<()> {
 /// Finds a segment's memory in a live participating process when the keeper does
 /// not have it (the keeper died): any descriptor or mapping of the memfd, found
 /// through /proc/PID/fd and /proc/PID/map_files and checked by inode.
-pub fn recover_fd(reg: &Registry, ino: u64) -> Option<OwnedFd> {
+/// Pids of the live participating processes (taken under the lock, used after).
+pub fn live_pids(g: &crate::registry::RegGuard) -> Vec<i32> {
+    g.all_procs(None).into_iter().filter(|&p| g.reg.proc_alive(p)).map(|p| g.proc_entry(p).pid).filter(|&pid| pid > 0).collect()
+}
+
+/// Looks for the memfd with inode `ino` among `pids`' descriptors and mappings.
+/// Call it without holding the registry lock: it reads /proc of other processes.
+pub fn recover_fd(pids: &[i32], ino: u64) -> Option<OwnedFd> {
     use std::os::unix::fs::MetadataExt;
-    let pids: Vec<i32> = {
-        let g = reg.try_lock().or_else(|| Some(reg.lock()))?;
-        g.all_procs(None).into_iter().filter(|&p| reg.proc_alive(p)).map(|p| g.proc_entry(p).pid).filter(|&pid| pid > 0).collect()
-    };
+    let pids = pids.to_vec();
     let me = sys::getpid();
     for pid in std::iter::once(me).chain(pids.into_iter().filter(|&p| p != me)) {
         for sub in ["fd", "map_files"] {
@@ -296,6 +302,46 @@ struct Keeper<'a> {
     /// More destructions happened than the ring remembers: rebuild from the
     /// registry at the next full sweep.
     need_full: bool,
+    /// Segments nobody handed us (a previous keeper died), found by the last full
+    /// sweep, and the live processes that may hold their memory.
+    orphans: Vec<(usize, u64, u64)>,
+    orphan_pids: Vec<i32>,
+}
+
+impl Keeper<'_> {
+    /// Adopts orphaned segments' memory from live processes that have it, without
+    /// holding the lock (it reads other processes' /proc entries); memory nobody
+    /// has is gone, as after a reboot, and so is the segment (under the lock,
+    /// if it is still that segment).
+    fn adopt_orphans(&mut self, sock: RawFd, buf: &mut [u8; 64]) {
+        let orphans = std::mem::take(&mut self.orphans);
+        let pids = std::mem::take(&mut self.orphan_pids);
+        let mut lost = Vec::new();
+        for (slot, serial, ino) in orphans {
+            match recover_fd(&pids, ino) {
+                Some(fd) => {
+                    let n = fd.as_raw_fd();
+                    self.fds.insert(n, fd);
+                    self.by_serial.insert(serial, n);
+                    self.publish(slot, serial, n);
+                }
+                None => lost.push((slot, serial)),
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        let reg = self.reg;
+        let g = lock_draining(reg, self, sock, buf);
+        for (slot, serial) in lost {
+            let s = g.slot(slot);
+            let k = s.keeper_fd.load(Ordering::Acquire);
+            let held = k >> 32 == serial as u32 as u64 && self.fds.contains_key(&(k as u32 as RawFd));
+            if s.state == SLOT_USED && s.serial == serial && !held {
+                crate::shm::shm_destroy(&g, slot);
+            }
+        }
+    }
 }
 
 impl Keeper<'_> {
@@ -313,8 +359,15 @@ impl Keeper<'_> {
     }
 
     fn handle(&mut self, m: Msg, mut fds: Vec<OwnedFd>, cred: Option<libc::ucred>) {
+        if m.slot as usize >= crate::registry::MAX_SLOTS {
+            return; // not from shmshim: drop it (and any descriptor it carried)
+        }
         match m.op {
             OP_PUT => {
+                // Never replace the memfd we already hold for that segment.
+                if self.fd_of(m.slot as usize, m.serial).is_some() {
+                    return;
+                }
                 if let Some(fd) = fds.pop() {
                     let n = fd.as_raw_fd();
                     self.fds.insert(n, fd);
@@ -435,19 +488,9 @@ impl Keeper<'_> {
             }
         }
         self.fds.retain(|fd, _| named.contains(fd));
-        // Segments nobody handed us: a previous keeper died. Adopt their memory
-        // from any live process that has it; memory nobody has is gone, as after
-        // a reboot, and so is the segment.
-        for (slot, serial, ino) in orphans {
-            match recover_fd(self.reg, ino) {
-                Some(fd) => {
-                    let n = fd.as_raw_fd();
-                    self.fds.insert(n, fd);
-                    self.by_serial.insert(serial, n);
-                    self.publish(slot, serial, n);
-                }
-                None => crate::shm::shm_destroy(g, slot),
-            }
+        if !orphans.is_empty() {
+            self.orphans = orphans;
+            self.orphan_pids = live_pids(g);
         }
         self.seen = (h.destroy_epoch.load(Ordering::Acquire), h.pool_taken.load(Ordering::Acquire));
         self.need_full = false;
@@ -473,6 +516,16 @@ pub fn run(dir: &Path) -> i32 {
             return 1;
         }
     };
+    // One descriptor per segment plus the pool: the soft limit a program started
+    // us with (often 1024) is not enough for shmmni segments.
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
     let path = sock_path(dir);
     let _ = std::fs::remove_file(&path);
     let sock = match sys::socket_dgram() {
@@ -489,7 +542,16 @@ pub fn run(dir: &Path) -> i32 {
     sys::set_passcred(sock.as_raw_fd());
     reg.header().keeper_pid.store(sys::getpid(), Ordering::Release);
 
-    let mut k = Keeper { reg: &reg, fds: HashMap::new(), by_serial: HashMap::new(), seen: (0, 0), spare: Vec::new(), need_full: true };
+    let mut k = Keeper {
+        reg: &reg,
+        fds: HashMap::new(),
+        by_serial: HashMap::new(),
+        seen: (0, 0),
+        spare: Vec::new(),
+        need_full: true,
+        orphans: Vec::new(),
+        orphan_pids: Vec::new(),
+    };
     let mut last_full = Instant::now() - Duration::from_secs(10);
     let mut last_change = Instant::now();
     // When the namespace empties the keeper lingers briefly, so that a program
@@ -540,14 +602,23 @@ pub fn run(dir: &Path) -> i32 {
         if !empty {
             empty_since = None;
         } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
+            // Leave before letting go of the lock: the socket and keeper.lock go
+            // first, so a creator that comes next finds no keeper and starts one,
+            // instead of queueing a memfd on a socket about to close.
             let _ = std::fs::remove_file(&path);
             for e in g.hdr().pool.iter() {
                 e.taken.store(0, Ordering::Release);
                 e.fd.store(0, Ordering::Release);
             }
             reg.header().keeper_pid.store(0, Ordering::Release);
+            drop(sock);
+            drop(lock);
             drop(g);
             return 0;
+        }
+        drop(g);
+        if !k.orphans.is_empty() {
+            k.adopt_orphans(sock.as_raw_fd(), &mut buf);
         }
     }
 }

@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const PAGE: usize = 4096;
 
+/// Cached segment descriptors kept beyond those of attached segments.
+pub const FD_CACHE: usize = 32;
+
 /// Fragment flag: MADV_DONTFORK (VM_DONTCOPY), not inherited by fork (S124).
 pub const FL_DONTFORK: u32 = 1 << 8;
 /// Fragment flag: MADV_DONTDUMP (VM_DONTDUMP).
@@ -143,6 +146,24 @@ impl Drop for Reentry {
 
 static REGISTRY: OnceCell<Result<Registry, String>> = OnceCell::new();
 
+/// The default namespace directory lives in world-writable places (/dev/shm,
+/// /tmp): it must be ours and writable by nobody else, or another user could
+/// have planted a registry and keeper there and would receive our memfds.
+fn check_default_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(dir).map_err(|e| format!("namespace directory {}: {e}", dir.display()))?;
+    let euid = sys::geteuid();
+    if !md.is_dir() || md.uid() != euid || md.mode() & 0o022 != 0 {
+        return Err(format!(
+            "namespace directory {} is not a directory owned by uid {euid} and writable only by it (owner uid {}, mode {:o}); refusing it: remove it, or set SHMSHIM_DIR to a directory you own",
+            dir.display(),
+            md.uid(),
+            md.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 fn make_dir(dir: &std::path::Path, shared: bool) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if dir.is_dir() {
@@ -168,6 +189,7 @@ pub fn registry() -> SysResult<&'static Registry> {
     let r = REGISTRY.get_or_init(|| {
         let cfg = crate::config::get();
         let res = make_dir(&cfg.dir, cfg.shared)
+            .and_then(|_| if cfg.dir_from_env || cfg.shared { Ok(()) } else { check_default_dir(&cfg.dir) })
             .and_then(|_| Registry::open_or_create(&cfg.dir, crate::config::host_limits(), cfg.shared).map_err(|e| e.to_string()));
         match res {
             Ok(reg) => {
@@ -205,16 +227,29 @@ pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
             }
             return reclaim_entry(local, reg, me, pid);
         }
-        // Raw fork: the entry and its lock belong to our parent.
+        // A child of a raw fork (or of daemon(), which forks inside libc): the
+        // entry and its lock are our parent's. Take our own and count the
+        // attaches we inherited, late, as fork would have (S118).
         local.me = None;
         set_my_entry(None);
-        local.live_fd = None;
-        local.attaches.clear();
+        if let Some(fd) = local.live_fd.take() {
+            drop(fd); // our copy of the parent's description; the parent keeps its own
+        }
+        for a in local.attaches.iter_mut() {
+            a.frags.retain(|f| !f.dontfork());
+        }
+        local.attaches.retain(|a| !a.frags.is_empty());
         local.publish_count();
     }
     let (fd, p) = claim_entry(reg)?;
     let g = reg.lock();
     init_entry(&g, p, pid);
+    for a in &local.attaches {
+        let s = g.slot(a.slot);
+        if s.state == crate::registry::SLOT_USED && s.serial == a.serial {
+            let _ = g.rec_add(p, a.slot, a.frags.len() as u32);
+        }
+    }
     drop(g);
     local.live_fd = Some(fd);
     local.me = Some(p);
@@ -363,16 +398,30 @@ impl Local {
         if !rdonly {
             return Some(c.rw);
         }
-        if c.ro.is_none() {
-            let ro = reopen(c.rw, libc::O_RDONLY).ok()?;
-            c.ro = Some(std::os::fd::IntoRawFd::into_raw_fd(high_fd(ro)));
+        if let Some(ro) = c.ro {
+            if matches!(sys::fstat(ro), Ok(st) if st.st_ino == ino) {
+                return Some(ro);
+            }
+            c.ro = None; // not ours any more: forget it
         }
+        let ro = reopen(c.rw, libc::O_RDONLY).ok()?;
+        c.ro = Some(std::os::fd::IntoRawFd::into_raw_fd(high_fd(ro)));
         c.ro
     }
 
     pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) {
         let rw = std::os::fd::IntoRawFd::into_raw_fd(high_fd(fd));
         self.fds.insert(serial, CachedFd { slot, ino, rw, ro: None });
+        // The kernel's shmget costs the caller no descriptor: keep at most
+        // FD_CACHE of ours beyond the attached segments', dropping the oldest.
+        if self.fds.len() > FD_CACHE {
+            let attached: std::collections::BTreeSet<u64> = self.attaches.iter().map(|a| a.serial).collect();
+            let spare: Vec<u64> = self.fds.keys().copied().filter(|s| !attached.contains(s) && *s != serial).collect();
+            let excess = self.fds.len() - FD_CACHE;
+            for s in spare.into_iter().take(excess) {
+                self.fds.remove(&s);
+            }
+        }
     }
 
     /// Drops cached descriptors of segments destroyed since the last call, so

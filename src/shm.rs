@@ -670,20 +670,21 @@ fn segment_fd(local: &mut Local, reg: &Registry, info: &SegInfo, rdonly: bool) -
         return Ok(fd);
     }
     let dir = &crate::config::get().dir;
+    let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == info.ino).unwrap_or(false);
     let fd = proc_keeper_fd(reg, info)
-        .or_else(|| keeper::get(dir, info.slot, info.serial).ok())
+        .filter(is_seg)
+        .or_else(|| keeper::get(dir, info.slot, info.serial).ok().filter(is_seg))
         .or_else(|| {
             // The keeper lost it (it died): take it from a live holder and hand
             // it to a (restarted) keeper again.
-            let fd = keeper::recover_fd(reg, info.ino)?;
+            let pids = keeper::live_pids(&reg.lock());
+            let fd = keeper::recover_fd(&pids, info.ino)?;
             let msg = keeper::Msg { op: keeper::OP_PUT, slot: info.slot as u32, serial: info.serial, ..Default::default() };
             let _ = keeper::send(dir, msg, &[fd.as_raw_fd()], true);
             Some(fd)
         });
-    let fd = fd.ok_or(Errno(libc::EIDRM))?;
-    if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0) != info.ino {
-        return Err(Errno(libc::EIDRM)); // S16: destroyed meanwhile
-    }
+    // S16: none of them has it: it was destroyed meanwhile.
+    let fd = fd.filter(is_seg).ok_or(Errno(libc::EIDRM))?;
     local.cache_fd(info.slot, info.serial, info.ino, fd);
     local.cached_fd(info.serial, info.ino, rdonly).ok_or(Errno(libc::ENOMEM))
 }
@@ -747,7 +748,7 @@ pub fn shmdt(addr: usize) -> SysResult<()> {
         local.attaches.swap_remove(ai);
     }
     local.publish_count();
-    if let Some(me) = local.me {
+    if let Ok(me) = process::ensure_proc(&mut local, reg) {
         let g = reg.lock();
         shm_close_frags(&g, me, slot, serial, removed);
         local.sweep_fds(&g); // a destroyed segment's memory goes now
@@ -924,7 +925,7 @@ fn shm_open_frags(g: &RegGuard, me: usize, slot: usize, serial: u64, n: u32) {
 pub fn vm_changed(addr: usize, len: usize, change: VmChange) {
     let Some(reg) = process::registry_if_open() else { return };
     let mut local = LOCAL.lock();
-    let Some(me) = local.me else { return };
+    let Ok(me) = process::ensure_proc(&mut local, reg) else { return };
     let deltas = apply_local(&mut local, addr, len, change);
     if !deltas.is_empty() {
         let g = reg.lock();
@@ -936,30 +937,30 @@ pub fn vm_changed(addr: usize, len: usize, change: VmChange) {
 /// mremap moved or resized `[old, old+old_len)` to `new`: the piece keeps its
 /// segment offset, so shmdt(new address) works and shmdt(old) fails (S74).
 pub fn vm_remapped(old: usize, old_len: usize, new: usize, new_len: usize) {
-    let moved: Option<(usize, u64, usize, u32)> = {
-        let local = LOCAL.lock();
-        local.attaches.iter().find_map(|a| {
-            a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, f.pgoff + (old - f.addr), f.flags))
-        })
-    };
-    let Some((slot, serial, pgoff, flags)) = moved else { return };
-    vm_changed(old, old_len, VmChange::Unmap);
     let Some(reg) = process::registry_if_open() else { return };
     let mut local = LOCAL.lock();
-    let Some(me) = local.me else { return };
-    if let Some(a) = local.attaches.iter_mut().find(|a| a.serial == serial) {
-        a.frags.push(Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, flags });
-        a.frags.sort_by_key(|f| f.addr);
-    } else {
-        let map_len = {
-            let g = reg.lock();
-            g.slot(slot).map_len as usize
-        };
-        local.attaches.push(Attach { slot, serial, map_len, frags: vec![Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, flags }] });
+    let Ok(me) = process::ensure_proc(&mut local, reg) else { return };
+    let moved = local.attaches.iter().find_map(|a| {
+        a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, a.map_len, f.pgoff + (old - f.addr), f.flags))
+    });
+    let Some((slot, serial, map_len, pgoff, flags)) = moved else { return };
+    // The kernel copies the VMA first (shm_open on the copy), then unmaps the old
+    // one (shm_close): in that order a removed segment's last attach survives
+    // being moved. With old_len 0 the old mapping stays (a duplicate).
+    let g = reg.lock();
+    shm_open_frags(&g, me, slot, serial, 1);
+    let deltas = if old_len > 0 { apply_local(&mut local, old, old_len, VmChange::Unmap) } else { Vec::new() };
+    let frag = Frag { addr: new, len: new_len.div_ceil(PAGE) * PAGE, pgoff, flags };
+    match local.attaches.iter_mut().find(|a| a.serial == serial) {
+        Some(a) => {
+            a.frags.push(frag);
+            a.frags.sort_by_key(|f| f.addr);
+        }
+        None => local.attaches.push(Attach { slot, serial, map_len, frags: vec![frag] }),
     }
     local.publish_count();
-    let g = reg.lock();
-    shm_open_frags(&g, me, slot, serial, 1); // the moved VMA is a copy: shm_open
+    book_deltas(&g, me, deltas);
+    local.sweep_fds(&g);
 }
 
 // ----------------------------------------------------------------- shmctl

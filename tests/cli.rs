@@ -57,6 +57,21 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "find")) { int id = shmget(key, 0, 0); printf("%d %d\n", id, id < 0 ? errno : 0); return 0; }
     if (!strcmp(argv[1], "rm")) { return shmctl(shmget(key, 0, 0), IPC_RMID, 0) != 0; }
+    if (!strcmp(argv[1], "hold")) {
+        int a = shmget(key, 4096, IPC_CREAT | 0600), b = shmget(key + 1, 4096, IPC_CREAT | 0600);
+        char *p = shmat(a, 0, 0), *q = shmat(b, 0, 0);
+        strcpy(p, "first"); strcpy(q, "second");
+        printf("ready\n"); fflush(stdout);
+        sleep(atoi(argv[3]));
+        return 0;
+    }
+    if (!strcmp(argv[1], "read")) {
+        int id = shmget(key, 0, 0);
+        char *p = shmat(id, 0, 0);
+        if (p == (void *)-1) { printf("shmat %s\n", strerror(errno)); return 1; }
+        struct shmid_ds d; shmctl(id, IPC_STAT, &d);
+        printf("%s %lu\n", p, (unsigned long)d.shm_nattch); return 0;
+    }
     if (!strcmp(argv[1], "raw")) {
         long id = syscall(SYS_shmget, key, 8192, IPC_CREAT | 0600);
         struct shmid_ds d;
@@ -267,4 +282,36 @@ fn default_namespace_dir_per_user_and_without_dev_shm() {
     let uid = unsafe { libc::getuid() }; // SAFETY: no arguments
     finish(&tmp.join(format!("shmshim-{uid}")));
     finish(&tmp);
+}
+
+#[test]
+fn a_killed_keeper_is_replaced_and_adopts_attached_segments() {
+    use std::io::BufRead;
+    let (probe, _) = setup();
+    let dir = tempdir("keeperkill");
+    let p = probe.to_str().unwrap();
+    let mut holder = shim(&dir, true, &[p, "hold", "0x5eed7100", "3"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Kill the namespace's keeper.
+    let killed = Command::new("pkill").args(["-9", "-f", &format!("keeper --daemon --dir {}", dir.display())]).status().unwrap();
+    assert!(killed.success(), "a keeper was running");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Another process attaches both segments: memory comes from the holder, and a
+    // new keeper adopts it (the namespace must not hang).
+    for (key, want) in [("0x5eed7100", "first 2"), ("0x5eed7101", "second 2")] {
+        let o = run(shim(&dir, true, &[p, "read", key]).env("SHMSHIM_LOG", "0"));
+        assert_eq!(text(&o).trim(), want, "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let ls = run(Command::new("timeout").args(["10"]).arg(release("shmshim")).arg("ls").env("SHMSHIM_DIR", &dir));
+    assert!(ls.status.success() && text(&ls).contains("0x5eed7101"), "ls must not hang: {}", text(&ls));
+    holder.wait().unwrap();
+    // The holder is gone; the restarted keeper kept the memory.
+    let o = run(shim(&dir, true, &[p, "read", "0x5eed7100"]));
+    assert_eq!(text(&o).trim(), "first 1");
+    for key in ["0x5eed7100", "0x5eed7101"] {
+        assert!(run(shim(&dir, true, &[p, "rm", key])).status.success());
+    }
+    finish(&dir);
 }
