@@ -577,4 +577,35 @@ __attribute__((unused)) static void sync_wait(int fd)
     }
 }
 
+
+/* Prints runs of consecutive ids compactly: "ids 4..63 (60)". */
+__attribute__((unused)) static void print_ranges(const char *s, const int *v, int n)
+{
+    int i = 0;
+    while (i < n) {
+        int j = i;
+        while (j + 1 < n && v[j + 1] == v[j] + 1)
+            j++;
+        if (j == i)
+            out("%s ids %d", s, v[i]);
+        else
+            out("%s ids %d..%d (%d)", s, v[i], v[j], j - i + 1);
+        i = j + 1;
+    }
+}
+
+/* One line of a segment's attach state: nattch, lpid, atime, dtime, mode. */
+__attribute__((unused)) static void show_segment(const char *s, const char *label, int id)
+{
+    struct shmid_ds d;
+    errno = 0;
+    if (shmctl(id, IPC_STAT, &d) == -1) {
+        out("%s %s: IPC_STAT = -1 %s", s, label, errname(errno));
+        return;
+    }
+    out("%s %s: nattch=%lu lpid=%s atime=%s dtime=%s mode=%04o", s, label,
+        (unsigned long)d.shm_nattch, pidname(d.shm_lpid), tname(d.shm_atime),
+        tname(d.shm_dtime), d.shm_perm.mode);
+}
+
 #endif

@@ -8,18 +8,6 @@
 #include "common.h"
 #include <pthread.h>
 
-static void show(const char *s, const char *label, int id)
-{
-    struct shmid_ds d;
-    errno = 0;
-    if (shmctl(id, IPC_STAT, &d) == -1) {
-        out("%s %s: IPC_STAT = -1 %s", s, label, errname(errno));
-        return;
-    }
-    out("%s %s: nattch=%lu lpid=%s atime=%s dtime=%s mode=%04o", s, label,
-        (unsigned long)d.shm_nattch, pidname(d.shm_lpid), tname(d.shm_atime),
-        tname(d.shm_dtime), d.shm_perm.mode);
-}
 
 static char *g_p;
 
@@ -36,7 +24,7 @@ int main(void)
     char *p = A("setup", shmat(id, NULL, 0), NULL);
     if (p == FAILED) return 1;
     strcpy(p, "parent");
-    show("S118", "before fork", id);
+    show_segment("S118", "before fork", id);
 
     /* S118 S119 S120: fork, child writes, child exits */
     struct sync2 s;
@@ -51,13 +39,13 @@ int main(void)
         exit(0);
     }
     name_pid(c, "child1");
-    show("S118", "after fork", id);
+    show_segment("S118", "after fork", id);
     sync_send(s.p2c[1]);
     sync_wait(s.c2p[0]);
     out("S119 parent sees: %s", p);
     sync_send(s.p2c[1]);
     reap(c, "child1");
-    show("S120", "after child exit", id);
+    show_segment("S120", "after child exit", id);
 
     /* S118: two attaches → two inherited */
     char *p2 = A("S118", shmat(id, NULL, SHM_RDONLY), NULL);
@@ -73,13 +61,13 @@ int main(void)
         exit(0);
     }
     name_pid(c, "child2");
-    show("S118", "two attaches after fork", id);
+    show_segment("S118", "two attaches after fork", id);
     sync_send(s.p2c[1]);
     sync_wait(s.c2p[0]);
-    show("S120", "child attached once more", id);
+    show_segment("S120", "child attached once more", id);
     sync_send(s.p2c[1]);
     reap(c, "child2");
-    show("S120", "after child2 exit", id);
+    show_segment("S120", "after child2 exit", id);
     if (p2 != FAILED) T("S118", shmdt(p2));
 
     /* S122: SIGKILL detaches like exit */
@@ -93,23 +81,23 @@ int main(void)
     }
     name_pid(c, "child3");
     sync_wait(s.c2p[0]);
-    show("S122", "child3 alive with 2", id);
+    show_segment("S122", "child3 alive with 2", id);
     kill(c, SIGKILL);
     int st;
     waitpid(c, &st, 0);
     out("S122 child3 killed by SIGKILL = %s", WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL ? "yes" : "no");
-    show("S122", "after SIGKILL", id);
+    show_segment("S122", "after SIGKILL", id);
 
     /* S125: threads share the address space, nattch unchanged */
     g_p = p;
     pthread_t th[4];
     for (long i = 0; i < 4; i++)
         pthread_create(&th[i], NULL, thread_fn, (void *)i);
-    show("S125", "with threads", id);
+    show_segment("S125", "with threads", id);
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     out("S125 threads wrote: %.4s", p + 100);
-    show("S125", "after threads", id);
+    show_segment("S125", "after threads", id);
 
     /* S123: exiting child holds the last attach of a SHM_DEST segment */
     int id2 = T("S123", shmget(0x5EED0901, PAGE, IPC_CREAT | 0600));
@@ -124,11 +112,11 @@ int main(void)
     name_pid(c, "child4");
     T("S123", shmdt(q));
     T("S123", shmctl(id2, IPC_RMID, NULL));
-    show("S123", "held only by child4", id2);
+    show_segment("S123", "held only by child4", id2);
     T("S123", shmget(0x5EED0901, 0, 0));
     sync_send(s.p2c[1]);
     reap(c, "child4");
-    show("S123", "after child4 exit", id2);
+    show_segment("S123", "after child4 exit", id2);
     info_print("S123", "one segment left");
 
     T("cleanup", shmdt(p));

@@ -17,20 +17,6 @@ static void show_id(const char *s, int id)
 }
 
 /* Print a list of ids as ranges of consecutive values. */
-static void print_ranges(const char *s, const int *v, int n)
-{
-    int i = 0;
-    while (i < n) {
-        int j = i;
-        while (j + 1 < n && v[j + 1] == v[j] + 1)
-            j++;
-        if (j == i)
-            out("%s ids %d", s, v[i]);
-        else
-            out("%s ids %d..%d (%d)", s, v[i], v[j], j - i + 1);
-        i = j + 1;
-    }
-}
 
 static void all_stale(const char *s, int id)
 {

@@ -7,18 +7,6 @@
  */
 #include "common.h"
 
-static void show(const char *s, const char *label, int id)
-{
-    struct shmid_ds d;
-    errno = 0;
-    if (shmctl(id, IPC_STAT, &d) == -1) {
-        out("%s %s: IPC_STAT = -1 %s", s, label, errname(errno));
-        return;
-    }
-    out("%s %s: nattch=%lu lpid=%s atime=%s dtime=%s mode=%04o", s, label,
-        (unsigned long)d.shm_nattch, pidname(d.shm_lpid), tname(d.shm_atime),
-        tname(d.shm_dtime), d.shm_perm.mode);
-}
 
 static char *g_p;
 static int g_id;
@@ -35,13 +23,13 @@ static void child_nobody_detach(void *arg)
 int main(void)
 {
     int id = T("setup", shmget(IPC_PRIVATE, 3 * PAGE, 0600));
-    show("setup", "new", id);
+    show_segment("setup", "new", id);
 
     /* S69 */
     char *p = A("S69", shmat(id, NULL, 0), NULL);
     if (p == FAILED) return 1;
     T("S69", shmdt(p));
-    show("S69", "after shmdt", id);
+    show_segment("S69", "after shmdt", id);
 
     /* S70 */
     p = A("S70", shmat(id, NULL, 0), NULL);
@@ -55,32 +43,32 @@ int main(void)
     munmap(anon, PAGE);
     T("S70 unmapped", shmdt(unmapped_addr()));
     T("S70 stack", shmdt((void *)((uintptr_t)&id & ~(PAGE - 1))));
-    show("S70", "still attached", id);
+    show_segment("S70", "still attached", id);
     T("S70", shmdt(p));
     T("S70 twice", shmdt(p));
-    show("S70", "detached", id);
+    show_segment("S70", "detached", id);
 
     /* S73: munmap of a whole attach works like shmdt */
     p = A("S73", shmat(id, NULL, 0), NULL);
     char *p2 = A("S73", shmat(id, NULL, SHM_RDONLY), NULL);
-    show("S73", "two attaches", id);
+    show_segment("S73", "two attaches", id);
     T("S73", munmap(p, 3 * PAGE));
-    show("S73", "after munmap", id);
+    show_segment("S73", "after munmap", id);
     T("S73", shmdt(p));
     T("S73", shmctl(id, IPC_RMID, NULL));
-    show("S73", "SHM_DEST", id);
+    show_segment("S73", "SHM_DEST", id);
     info_print("S73", "SHM_DEST held");
     T("S73 S75", munmap(p2, 3 * PAGE));
-    show("S73 S75", "after last munmap", id);
+    show_segment("S73 S75", "after last munmap", id);
     info_print("S75", "slot and pages returned");
 
     /* S76: shmdt checks no permission */
     int id2 = T("S76", shmget(IPC_PRIVATE, PAGE, 0600));
     g_id = id2;
     g_p = A("S76", shmat(id2, NULL, 0), NULL);
-    show("S76", "before child", id2);
+    show_segment("S76", "before child", id2);
     in_child("child-nobody", child_nobody_detach, NULL);
-    show("S76", "after child", id2);
+    show_segment("S76", "after child", id2);
     T("S76", shmdt(g_p));
     T("S76", shmctl(id2, IPC_RMID, NULL));
 
