@@ -134,64 +134,49 @@ fn tracking() -> bool {
     NFRAGS.load(Ordering::Acquire) > 0 && !Reentry::active()
 }
 
+/// Runs a memory call; where this process has attaches, the call and the
+/// fragment bookkeeping happen together under the process lock (shm::vm_changed).
+fn tracked(addr: usize, len: usize, change: VmChange, op: impl FnOnce() -> SysResult<usize>) -> SysResult<usize> {
+    if !tracking() {
+        return op();
+    }
+    guarded(|| shm::vm_changed(addr, len, change, op))
+}
+
 #[no_mangle]
 pub extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
-    let r = sys::munmap(addr as usize, len);
-    if r.is_ok() && tracking() {
-        let _ = guarded(|| {
-            shm::vm_changed(addr as usize, len, VmChange::Unmap);
-            Ok(())
-        });
-    }
-    raw_result(r)
+    let r = tracked(addr as usize, len, VmChange::Unmap, || sys::munmap(addr as usize, len).map(|_| addr as usize));
+    raw_result(r.map(|_| ()))
 }
 
 #[no_mangle]
 pub extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
-    let r = sys::mprotect(addr as usize, len, prot);
-    if r.is_ok() && tracking() {
-        let _ = guarded(|| {
-            shm::vm_changed(addr as usize, len, VmChange::Prot(prot));
-            Ok(())
-        });
-    }
-    raw_result(r)
+    let r = tracked(addr as usize, len, VmChange::Prot(prot), || sys::mprotect(addr as usize, len, prot).map(|_| addr as usize));
+    raw_result(r.map(|_| ()))
 }
 
 #[no_mangle]
 pub extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
-    // SAFETY: forwards the caller's madvise unchanged to the kernel.
-    let r = unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) };
-    if r == 0 && tracking() {
-        let change = match advice {
-            libc::MADV_DONTFORK => Some(VmChange::Flag(FL_DONTFORK, true)),
-            libc::MADV_DOFORK => Some(VmChange::Flag(FL_DONTFORK, false)),
-            libc::MADV_DONTDUMP => Some(VmChange::Flag(FL_DONTDUMP, true)),
-            libc::MADV_DODUMP => Some(VmChange::Flag(FL_DONTDUMP, false)),
-            _ => None,
-        };
-        if let Some(c) = change {
-            let _ = guarded(|| {
-                shm::vm_changed(addr as usize, len, c);
-                Ok(())
-            });
-        }
-    }
-    r as c_int
+    let change = match advice {
+        libc::MADV_DONTFORK => Some(VmChange::Flag(FL_DONTFORK, true)),
+        libc::MADV_DOFORK => Some(VmChange::Flag(FL_DONTFORK, false)),
+        libc::MADV_DONTDUMP => Some(VmChange::Flag(FL_DONTDUMP, true)),
+        libc::MADV_DODUMP => Some(VmChange::Flag(FL_DONTDUMP, false)),
+        _ => None,
+    };
+    let op = || if sys::madvise(addr as usize, len, advice) { Ok(addr as usize) } else { Err(Errno::last()) };
+    let r = match change {
+        Some(c) => tracked(addr as usize, len, c, op),
+        None => op(),
+    };
+    raw_result(r.map(|_| ()))
 }
 
 /// mmap: a MAP_FIXED mapping replaces whatever was in its range, attaches included.
 #[no_mangle]
 pub extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
-    let r = sys::mmap(addr as usize, len, prot, flags, fd, off);
-    if let Ok(at) = r {
-        if flags & libc::MAP_FIXED != 0 && tracking() {
-            let _ = guarded(|| {
-                shm::vm_changed(at, len, VmChange::Unmap);
-                Ok(())
-            });
-        }
-    }
+    let op = || sys::mmap(addr as usize, len, prot, flags, fd, off);
+    let r = if flags & libc::MAP_FIXED != 0 { tracked(addr as usize, len, VmChange::Unmap, op) } else { op() };
     finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
 }
 
@@ -205,15 +190,8 @@ pub extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_i
 #[no_mangle]
 pub extern "C" fn mremap(old: *mut c_void, old_len: size_t, new_len: size_t, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
     let na = if flags & libc::MREMAP_FIXED != 0 { new_addr as usize } else { 0 };
-    let r = sys::mremap(old as usize, old_len, new_len, flags, na);
-    if let Ok(at) = r {
-        if tracking() {
-            let _ = guarded(|| {
-                shm::vm_remapped(old as usize, old_len, at, new_len);
-                Ok(())
-            });
-        }
-    }
+    let op = || sys::mremap(old as usize, old_len, new_len, flags, na);
+    let r = if tracking() { guarded(|| shm::vm_remapped(old as usize, old_len, new_len, op)) } else { op() };
     finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
 }
 

@@ -920,30 +920,37 @@ fn shm_open_frags(g: &RegGuard, me: usize, slot: usize, serial: u64, n: u32) {
     s.lpid = sys::getpid();
 }
 
-/// Follows a successful munmap/mprotect/madvise/MAP_FIXED mmap over
-/// `[addr, addr+len)`.
-pub fn vm_changed(addr: usize, len: usize, change: VmChange) {
-    let Some(reg) = process::registry_if_open() else { return };
+/// Runs a munmap/mprotect/madvise/MAP_FIXED mmap (`op`, which returns the
+/// address it affected) and follows its effect on `[addr, addr+len)` — both under
+/// this process's lock, so no shmat or other memory call of another thread can
+/// land between the system call and its bookkeeping.
+pub fn vm_changed(addr: usize, len: usize, change: VmChange, op: impl FnOnce() -> SysResult<usize>) -> SysResult<usize> {
+    let Some(reg) = process::registry_if_open() else { return op() };
     let mut local = LOCAL.lock();
-    let Ok(me) = process::ensure_proc(&mut local, reg) else { return };
+    let at = op()?;
+    let addr = if addr == 0 { at } else { addr };
+    let Ok(me) = process::ensure_proc(&mut local, reg) else { return Ok(at) };
     let deltas = apply_local(&mut local, addr, len, change);
     if !deltas.is_empty() {
         let g = reg.lock();
         book_deltas(&g, me, deltas);
         local.sweep_fds(&g);
     }
+    Ok(at)
 }
 
-/// mremap moved or resized `[old, old+old_len)` to `new`: the piece keeps its
-/// segment offset, so shmdt(new address) works and shmdt(old) fails (S74).
-pub fn vm_remapped(old: usize, old_len: usize, new: usize, new_len: usize) {
-    let Some(reg) = process::registry_if_open() else { return };
+/// Runs an mremap (`op`, returning the new address) of `[old, old+old_len)` and
+/// follows it under this process's lock: the piece keeps its segment offset, so
+/// shmdt(new address) works and shmdt(old) fails (S74).
+pub fn vm_remapped(old: usize, old_len: usize, new_len: usize, op: impl FnOnce() -> SysResult<usize>) -> SysResult<usize> {
+    let Some(reg) = process::registry_if_open() else { return op() };
     let mut local = LOCAL.lock();
-    let Ok(me) = process::ensure_proc(&mut local, reg) else { return };
+    let new = op()?;
+    let Ok(me) = process::ensure_proc(&mut local, reg) else { return Ok(new) };
     let moved = local.attaches.iter().find_map(|a| {
         a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, a.map_len, f.pgoff + (old - f.addr), f.flags))
     });
-    let Some((slot, serial, map_len, pgoff, flags)) = moved else { return };
+    let Some((slot, serial, map_len, pgoff, flags)) = moved else { return Ok(new) };
     // The kernel copies the VMA first (shm_open on the copy), then unmaps the old
     // one (shm_close): in that order a removed segment's last attach survives
     // being moved. With old_len 0 the old mapping stays (a duplicate).
@@ -961,6 +968,7 @@ pub fn vm_remapped(old: usize, old_len: usize, new: usize, new_len: usize) {
     local.publish_count();
     book_deltas(&g, me, deltas);
     local.sweep_fds(&g);
+    Ok(new)
 }
 
 // ----------------------------------------------------------------- shmctl
