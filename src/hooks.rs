@@ -279,9 +279,7 @@ fn forking(real: ForkFn) -> pid_t {
         if pid > 0 {
             g.proc_entry(p).pid = pid;
         } else {
-            for s in g.reap_proc(p, sys::now()) {
-                shm::maybe_destroy(&g, s);
-            }
+            shm::detach_proc(&g, p, sys::now());
         }
         drop(g);
         drop(fd); // the child now holds the entry's lock alone

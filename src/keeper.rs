@@ -41,7 +41,6 @@ pub struct Msg {
     pub serial: u64,
     /// GET replies: 0 or an errno.
     pub err: u32,
-    pub pad: u32,
 }
 
 impl Msg {
@@ -62,7 +61,6 @@ impl Msg {
             slot: u32::from_ne_bytes(b[4..8].try_into().ok()?),
             serial: u64::from_ne_bytes(b[8..16].try_into().ok()?),
             err: u32::from_ne_bytes(b[16..20].try_into().ok()?),
-            pad: 0,
         })
     }
 }
@@ -109,14 +107,14 @@ pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<(
     let mut spawned: Option<Instant> = None;
     let mut delay = Duration::from_micros(100);
     loop {
-        match sys::send_with_fds(sock, None, &msg.bytes(), fds, 0) {
+        match sys::send_with_fds(sock, &msg.bytes(), fds, 0) {
             Ok(()) => return Ok(()),
             Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOTCONN)) | Err(Errno(libc::EDESTADDRREQ)) => {
                 // The keeper we were connected to is gone (or never was): connect
                 // again by path, and start one if nobody listens there.
                 match sys::connect(sock, &path) {
                     Ok(()) => continue,
-                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn && spawned.map_or(true, |t: Instant| t.elapsed() > Duration::from_millis(500)) => {
+                    Err(Errno(libc::ECONNREFUSED)) | Err(Errno(libc::ENOENT)) if may_spawn && spawned.is_none_or(|t: Instant| t.elapsed() > Duration::from_millis(500)) => {
                         // Start one (again, if the last one lost a race with an
                         // exiting keeper).
                         spawn(dir)?;
@@ -140,7 +138,7 @@ pub fn send(dir: &Path, msg: Msg, fds: &[RawFd], may_spawn: bool) -> SysResult<(
 /// Best-effort notification (DROP): never starts a keeper, never waits.
 pub fn notify(dir: &Path, msg: Msg) {
     if let Ok(sock) = client(dir) {
-        let _ = sys::send_with_fds(sock, None, &msg.bytes(), &[], libc::MSG_DONTWAIT);
+        let _ = sys::send_with_fds(sock, &msg.bytes(), &[], libc::MSG_DONTWAIT);
     }
 }
 
@@ -335,8 +333,7 @@ impl Keeper<'_> {
         let g = lock_draining(reg, self, sock, buf);
         for (slot, serial) in lost {
             let s = g.slot(slot);
-            let k = s.keeper_fd.load(Ordering::Acquire);
-            let held = k >> 32 == serial as u32 as u64 && self.fds.contains_key(&(k as u32 as RawFd));
+            let held = s.keeper_fd_of(serial).is_some_and(|fd| self.fds.contains_key(&fd));
             if s.state == SLOT_USED && s.serial == serial && !held {
                 crate::shm::shm_destroy(&g, slot);
             }
@@ -346,16 +343,24 @@ impl Keeper<'_> {
 
 impl Keeper<'_> {
     fn publish(&self, slot: usize, serial: u64, fd: RawFd) {
-        self.reg.slot_ref(slot).keeper_fd.store(((serial as u32 as u64) << 32) | fd as u32 as u64, Ordering::Release);
+        self.reg.slot_ref(slot).set_keeper_fd(serial, fd);
     }
 
     /// The descriptor the keeper holds for segment `serial` in `slot`, if any.
     fn fd_of(&self, slot: usize, serial: u64) -> Option<&OwnedFd> {
-        let k = self.reg.slot_ref(slot).keeper_fd.load(Ordering::Acquire);
-        if k >> 32 != serial as u32 as u64 {
-            return None;
+        self.fds.get(&self.reg.slot_ref(slot).keeper_fd_of(serial)?)
+    }
+
+    /// Handles every datagram waiting on `sock`; true if there was any.
+    fn drain(&mut self, sock: RawFd, buf: &mut [u8; 64]) -> bool {
+        let mut any = false;
+        while let Ok(r) = sys::recv_with_fds(sock, buf, libc::MSG_DONTWAIT) {
+            any = true;
+            if let Some(m) = Msg::parse(&buf[..r.len]) {
+                self.handle(m, r.fds, r.cred);
+            }
         }
-        self.fds.get(&(k as u32 as RawFd))
+        any
     }
 
     fn handle(&mut self, m: Msg, mut fds: Vec<OwnedFd>, cred: Option<libc::ucred>) {
@@ -385,11 +390,11 @@ impl Keeper<'_> {
                 let allowed = cred.map(|c| may_get(self.reg, m.slot as usize, m.serial, c.uid)).unwrap_or(false);
                 match self.fd_of(m.slot as usize, m.serial) {
                     Some(fd) if allowed => {
-                        let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[fd.as_raw_fd()], libc::MSG_DONTWAIT);
+                        let _ = sys::send_with_fds(reply.as_raw_fd(), &out.bytes(), &[fd.as_raw_fd()], libc::MSG_DONTWAIT);
                     }
                     _ => {
                         out.err = if allowed { libc::ENOENT as u32 } else { libc::EACCES as u32 };
-                        let _ = sys::send_with_fds(reply.as_raw_fd(), None, &out.bytes(), &[], libc::MSG_DONTWAIT);
+                        let _ = sys::send_with_fds(reply.as_raw_fd(), &out.bytes(), &[], libc::MSG_DONTWAIT);
                     }
                 }
             }
@@ -450,7 +455,7 @@ impl Keeper<'_> {
     /// entry names), and adopt orphaned segments.
     fn sweep_full(&mut self, g: &crate::registry::RegGuard) {
         let h = g.hdr();
-        crate::shm::reap_all_locked(g);
+        crate::shm::reap_all(g, None);
         let mut named = std::collections::HashSet::new();
         let mut orphans = Vec::new();
         self.by_serial.clear();
@@ -459,9 +464,8 @@ impl Keeper<'_> {
             if s.state != SLOT_USED {
                 continue;
             }
-            let k = s.keeper_fd.load(Ordering::Acquire);
-            let fd = k as u32 as RawFd;
-            if k >> 32 == s.serial as u32 as u64 && self.fds.contains_key(&fd) {
+            let held = s.keeper_fd_of(s.serial).filter(|fd| self.fds.contains_key(fd));
+            if let Some(fd) = held {
                 named.insert(fd);
                 self.by_serial.insert(s.serial, fd);
             } else {
@@ -572,10 +576,8 @@ pub fn run(dir: &Path) -> i32 {
         let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, timeout) };
-        while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+        if k.drain(sock.as_raw_fd(), &mut buf) {
             last_change = Instant::now();
-            let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
-            k.handle(m, r.fds, r.cred);
         }
         let before = k.seen;
         k.sweep_changes();
@@ -592,10 +594,7 @@ pub fn run(dir: &Path) -> i32 {
         let g = lock_draining(&reg, &mut k, sock.as_raw_fd(), &mut buf);
         // Every published segment's PUT was sent before its creator let go of
         // the lock, so it is in the queue now: take it before the full sweep.
-        while let Ok(r) = sys::recv_with_fds(sock.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
-            let Some(m) = Msg::parse(&buf[..r.len]) else { continue };
-            k.handle(m, r.fds, r.cred);
-        }
+        k.drain(sock.as_raw_fd(), &mut buf);
         last_full = Instant::now();
         k.sweep_full(&g);
         let empty = g.hdr().in_use == 0 && !pending(sock.as_raw_fd());
@@ -632,11 +631,7 @@ fn lock_draining<'r>(reg: &'r Registry, k: &mut Keeper, sock: RawFd, buf: &mut [
         if let Some(g) = reg.try_lock() {
             return g;
         }
-        while let Ok(r) = sys::recv_with_fds(sock, buf, libc::MSG_DONTWAIT) {
-            if let Some(m) = Msg::parse(&buf[..r.len]) {
-                k.handle(m, r.fds, r.cred);
-            }
-        }
+        k.drain(sock, buf);
         // Short naps, not yields: on a busy machine spinning takes the CPU from
         // the very creator holding the lock.
         std::thread::sleep(Duration::from_micros(50));

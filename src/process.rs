@@ -320,11 +320,7 @@ pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
 /// Makes entry `p` ours: records a previous (dead) owner left are detached first.
 pub fn init_entry(g: &RegGuard, p: usize, pid: i32) {
     g.open_proc_entry(p);
-    let now = sys::now();
-    let touched = g.reap_proc(p, now);
-    for s in touched {
-        crate::shm::maybe_destroy(g, s);
-    }
+    crate::shm::detach_proc(g, p, sys::now());
     g.proc_entry(p).pid = pid;
     g.hdr().proc_hint = (p as u32 + 1) % MAX_PROCS as u32;
 }

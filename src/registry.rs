@@ -154,7 +154,7 @@ pub struct Header {
     /// Atomic: keeper pid (0 = none) and its start time, written by the keeper.
     pub keeper_pid: AtomicI32,
     _pad3: u32,
-    pub keeper_start: AtomicU64,
+    _pad4: u64,
     /// Atomic: bumped whenever a creator takes a pooled memfd (the keeper refills).
     pub pool_taken: AtomicU64,
     /// Atomic: 1 once a creator has asked the keeper to refill a half-empty pool;
@@ -237,6 +237,19 @@ pub struct Rec {
     /// Derived: next record of the same slot.
     pub next_slot: u32,
     _pad: u32,
+}
+
+impl Slot {
+    /// Records that the keeper holds this incarnation's memfd as its fd `fd`.
+    pub fn set_keeper_fd(&self, serial: u64, fd: RawFd) {
+        self.keeper_fd.store(((serial as u32 as u64) << 32) | fd as u32 as u64, Ordering::Release);
+    }
+
+    /// The keeper's fd number for incarnation `serial`, if the slot names one.
+    pub fn keeper_fd_of(&self, serial: u64) -> Option<RawFd> {
+        let k = self.keeper_fd.load(Ordering::Acquire);
+        (k != 0 && k >> 32 == serial as u32 as u64).then_some(k as u32 as RawFd)
+    }
 }
 
 pub const HEADER_SIZE: usize = 4096;
@@ -893,9 +906,7 @@ impl<'a> RegGuard<'a> {
             let s = self.slot(i);
             if s.state == SLOT_USED && s.mode & SHM_DEST != 0 && s.nattch == 0 {
                 s.state = SLOT_FREE;
-                let e = h.destroy_epoch.load(Ordering::Acquire);
-                h.destroyed[e as usize % DESTROYED_RING].store(s.serial, Ordering::Release);
-                h.destroy_epoch.store(e + 1, Ordering::Release);
+                self.record_destroyed(s.serial);
             }
         }
         for i in 0..INDEX_SIZE {
@@ -960,6 +971,15 @@ impl<'a> RegGuard<'a> {
 
     fn slot_hwm(&self) -> usize {
         (self.hdr().slot_hwm as usize).min(MAX_SLOTS)
+    }
+
+    /// Appends a destroyed segment to the header's ring and bumps destroy_epoch,
+    /// so processes and the keeper drop their descriptors of it.
+    pub fn record_destroyed(&self, serial: u64) {
+        let h = self.hdr();
+        let e = h.destroy_epoch.load(Ordering::Acquire);
+        h.destroyed[e as usize % DESTROYED_RING].store(serial, Ordering::Release);
+        h.destroy_epoch.store(e + 1, Ordering::Release);
     }
 
     /// Recomputes max_idx after a slot was freed.

@@ -120,9 +120,7 @@ pub fn shm_destroy(g: &RegGuard, slot: usize) {
     h.in_use -= 1;
     h.shm_tot -= s.pages;
     g.recompute_max_idx();
-    let e = h.destroy_epoch.load(Ordering::Acquire);
-    h.destroyed[e as usize % registry::DESTROYED_RING].store(serial, Ordering::Release);
-    h.destroy_epoch.store(e + 1, Ordering::Release);
+    g.record_destroyed(serial);
     // The keeper notices destructions by destroy_epoch within milliseconds; a big
     // segment's memory is worth a message to release it at once.
     if s.map_len >= BIG_SEGMENT {
@@ -140,21 +138,25 @@ fn reap_slot(g: &RegGuard, slot: usize, me: Option<usize>) {
     let now = sys::now();
     for p in holders {
         if !g.reg.proc_alive(p) {
-            for s in g.reap_proc(p, now) {
-                maybe_destroy(g, s);
-            }
+            detach_proc(g, p, now);
         }
     }
 }
 
+/// Detaches everything proc entry `p` had attached, as its exit would (S120),
+/// and destroys SHM_DEST segments it held last (S123).
+pub fn detach_proc(g: &RegGuard, p: usize, now: i64) {
+    for s in g.reap_proc(p, now) {
+        maybe_destroy(g, s);
+    }
+}
+
 /// Reaps every dead process (IPC_INFO/SHM_INFO, limit checks, the keeper's sweep).
-fn reap_all(g: &RegGuard, me: Option<usize>) {
+pub fn reap_all(g: &RegGuard, me: Option<usize>) {
     let now = sys::now();
     for p in g.all_procs(me) {
         if !g.reg.proc_alive(p) {
-            for s in g.reap_proc(p, now) {
-                maybe_destroy(g, s);
-            }
+            detach_proc(g, p, now);
         }
     }
 }
@@ -183,17 +185,10 @@ pub fn gc(reg: &Registry) -> GcReport {
         }
         rep.fragments += g.proc_recs(p).map(|r| g.rec(r as usize).count as u64).sum::<u64>();
         rep.procs += 1;
-        for s in g.reap_proc(p, now) {
-            maybe_destroy(&g, s);
-        }
+        detach_proc(&g, p, now);
     }
     rep.destroyed = (before - g.hdr().in_use) as usize;
     rep
-}
-
-/// reap_dead for a caller that already holds the lock (the keeper's sweep).
-pub fn reap_all_locked(g: &RegGuard) {
-    reap_all(g, None);
 }
 
 fn my_entry() -> Option<usize> {
@@ -470,7 +465,7 @@ fn newseg(local: &mut Local, g: &RegGuard, p: &GetParams) -> SysResult<i32> {
     // already; a new one is handed to the keeper before the segment is visible.
     match pooled {
         Some(claim) => {
-            g.slot(idx).keeper_fd.store(((serial as u32 as u64) << 32) | claim.fd as u32 as u64, Ordering::Release);
+            g.slot(idx).set_keeper_fd(serial, claim.fd);
             claim.commit(serial);
             h.pool_taken.fetch_add(1, Ordering::AcqRel);
             // Half the pool gone: wake the keeper to refill (once, no waiting).
@@ -528,9 +523,9 @@ struct SegInfo {
     ino: u64,
     map_len: usize,
     segsz: usize,
-    hugetlb: bool,
     noreserve: bool,
-    keeper_fd: u64,
+    /// The keeper's fd number for this incarnation, if published.
+    keeper_fd: Option<i32>,
 }
 
 /// shmat(2) (S49–S67), checks in the order of S65.
@@ -586,9 +581,8 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
             ino: s.ino,
             map_len: s.map_len as usize,
             segsz: s.segsz as usize,
-            hugetlb: s.flags & F_HUGETLB != 0,
             noreserve: s.flags & F_NORESERVE != 0,
-            keeper_fd: s.keeper_fd.load(Ordering::Acquire),
+            keeper_fd: s.keeper_fd_of(s.serial),
         }
     };
     let res = map_segment(&mut local, reg, &info, addr, fixed, flg, prot);
@@ -654,7 +648,6 @@ fn map_segment(local: &mut Local, reg: &Registry, info: &SegInfo, addr: usize, f
         }
         Ok(at) => Ok(at),
         Err(Errno(libc::EEXIST)) => einval(), // S58
-        Err(Errno(libc::EINVAL)) if info.hugetlb => einval(), // S47: unaligned
         // S65: the kernel checks overlap before it maps; mmap reports a range
         // running past user space (ENOMEM) first, so check overlap ourselves.
         Err(Errno(libc::ENOMEM)) if fixed && flg & SHM_REMAP == 0 && sys::range_has_mapping(addr, addr.saturating_add(info.segsz)) => einval(),
@@ -691,10 +684,10 @@ fn segment_fd(local: &mut Local, reg: &Registry, info: &SegInfo, rdonly: bool) -
 
 fn proc_keeper_fd(reg: &Registry, info: &SegInfo) -> Option<OwnedFd> {
     let kpid = reg.header().keeper_pid.load(Ordering::Acquire);
-    if kpid <= 0 || info.keeper_fd >> 32 != info.serial as u32 as u64 {
+    let n = info.keeper_fd?;
+    if kpid <= 0 {
         return None;
     }
-    let n = info.keeper_fd as u32;
     let p = std::ffi::CString::new(format!("/proc/{kpid}/fd/{n}")).ok()?;
     sys::open(&p, libc::O_RDWR, 0).ok()
 }
@@ -1080,9 +1073,8 @@ fn resident_pages(reg: &Registry, s: &Slot, local: Option<&Local>) -> u64 {
         return st.st_blocks as u64 * 512 / PAGE as u64;
     }
     let kpid = reg.header().keeper_pid.load(Ordering::Acquire);
-    let kfd = s.keeper_fd.load(Ordering::Acquire);
-    if kpid > 0 && kfd >> 32 == s.serial as u32 as u64 {
-        if let Ok(md) = std::fs::metadata(format!("/proc/{kpid}/fd/{}", kfd as u32)) {
+    if let (true, Some(kfd)) = (kpid > 0, s.keeper_fd_of(s.serial)) {
+        if let Ok(md) = std::fs::metadata(format!("/proc/{kpid}/fd/{kfd}")) {
             use std::os::unix::fs::MetadataExt;
             if md.ino() == s.ino {
                 return md.blocks() * 512 / PAGE as u64;
@@ -1090,6 +1082,16 @@ fn resident_pages(reg: &Registry, s: &Slot, local: Option<&Local>) -> u64 {
         }
     }
     0
+}
+
+/// shmctl's copy-out: up to a struct shmid_ds of bytes, and how many.
+type CopyOut = ([u8; 112], usize);
+
+/// A shorter struct (shminfo, shm_info) in shmctl's copy-out buffer.
+fn padded(b: &[u8]) -> CopyOut {
+    let mut out = [0u8; 112];
+    out[..b.len()].copy_from_slice(b);
+    (out, b.len())
 }
 
 /// ipc_get_maxidx (S99): -1 when empty, reported as 0.
@@ -1128,15 +1130,15 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
     local.sweep_fds(&g);
     drop(g);
     let (ret, out) = r?;
-    if let Some(bytes) = out {
-        sys::copy_to_user(buf, &bytes)?;
+    if let Some((bytes, len)) = out {
+        sys::copy_to_user(buf, &bytes[..len])?;
     }
     Ok(ret)
 }
 
 /// shmctl's work under the lock; returns the result and the bytes to copy out
 /// (copied after the lock is released, as the kernel does).
-fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>, id: i32, cmd: i32, setbuf: &[u8; 112]) -> SysResult<(i32, Option<Vec<u8>>)> {
+fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>, id: i32, cmd: i32, setbuf: &[u8; 112]) -> SysResult<(i32, Option<CopyOut>)> {
     match cmd {
         IPC_INFO => {
             reap_all(g, me);
@@ -1147,7 +1149,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
                 b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
             }
             let ret = max_idx_ret(g);
-            Ok((ret, Some(b.to_vec()))) // S100: EFAULT from the copy-out
+            Ok((ret, Some(padded(&b)))) // S100: EFAULT from the copy-out
         }
         SHM_INFO => {
             reap_all(g, me);
@@ -1164,7 +1166,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
             b[8..16].copy_from_slice(&h.shm_tot.to_ne_bytes());
             b[16..24].copy_from_slice(&rss.to_ne_bytes());
             let ret = max_idx_ret(g);
-            Ok((ret, Some(b.to_vec()))) // S101
+            Ok((ret, Some(padded(&b)))) // S101
         }
         IPC_STAT | SHM_STAT | SHM_STAT_ANY => {
             let slot = if cmd == IPC_STAT {
@@ -1186,7 +1188,7 @@ fn shmctl_locked(g: &RegGuard, reg: &Registry, local: &Local, me: Option<usize>,
             }
             let bytes = shmid_ds_bytes(s, s.nattch);
             let ret = if cmd == IPC_STAT { 0 } else { make_id(s.seq, slot as u32) };
-            Ok((ret, Some(bytes.to_vec()))) // S84, S103
+            Ok((ret, Some((bytes, bytes.len())))) // S84, S103
         }
         IPC_SET | IPC_RMID => {
             let slot = g.slot_of_id(id).ok_or(Errno(libc::EINVAL))?;

@@ -131,14 +131,6 @@ pub fn range_has_mapping(start: usize, end: usize) -> bool {
     })
 }
 
-/// True when every page of `[addr, addr+len)` is mapped (mincore succeeds).
-pub fn is_mapped(addr: usize, len: usize) -> bool {
-    let pages = len.div_ceil(4096).max(1);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: vec has one byte per page of the range, as mincore requires.
-    unsafe { libc::syscall(libc::SYS_mincore, addr, len, vec.as_mut_ptr()) == 0 }
-}
-
 // ------------------------------------------------------- user-pointer copies
 
 /// Copies `src` to the caller's pointer `dst` the way the kernel's copy_to_user does:
@@ -279,16 +271,6 @@ pub fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> SysResult<()> {
     Ok(())
 }
 
-pub fn dup_cloexec(fd: RawFd) -> SysResult<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own.
-    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(unsafe { OwnedFd::from_raw_fd(r) })
-    }
-}
-
 /// Closes a raw descriptor we own (used where the fd number is stored in shared state).
 pub fn close(fd: RawFd) {
     // SAFETY: callers only pass descriptors they own and no longer use.
@@ -321,12 +303,6 @@ pub fn ofd_trylock(fd: RawFd, start: u64, len: u64) -> SysResult<bool> {
             e => Err(Errno(e)),
         }
     }
-}
-
-pub fn ofd_unlock(fd: RawFd, start: u64, len: u64) {
-    let mut fl = ofd_flock(libc::F_UNLCK, start, len);
-    // SAFETY: fl is a valid flock for F_OFD_SETLK.
-    unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) };
 }
 
 /// True when some open file description other than `fd`'s holds a lock on the byte.
@@ -401,12 +377,8 @@ pub fn connect(fd: RawFd, path: &std::path::Path) -> SysResult<()> {
 }
 
 /// Sends one datagram with up to two descriptors attached (SCM_RIGHTS).
-pub fn send_with_fds(sock: RawFd, to: Option<&std::path::Path>, data: &[u8], fds: &[RawFd], flags: i32) -> SysResult<()> {
+pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd], flags: i32) -> SysResult<()> {
     let mut cbuf = [0u64; 8];
-    let addr = match to {
-        Some(p) => Some(sockaddr_un(p)?),
-        None => None,
-    };
     let iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
     // SAFETY: msghdr is plain old data; all pointers below point into live locals,
     // and the control buffer (64 bytes) is large enough for two descriptors.
@@ -414,10 +386,6 @@ pub fn send_with_fds(sock: RawFd, to: Option<&std::path::Path>, data: &[u8], fds
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &iov as *const _ as *mut _;
         msg.msg_iovlen = 1;
-        if let Some((sa, len)) = &addr {
-            msg.msg_name = sa as *const _ as *mut _;
-            msg.msg_namelen = *len;
-        }
         if !fds.is_empty() {
             assert!(fds.len() <= 2);
             let space = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
