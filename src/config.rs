@@ -3,14 +3,14 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `SHMSHIM_DIR` | namespace directory (registry + keeper socket) |
-//! | `SHMSHIM_SHARED` | `1`: create the directory 01777 and the registry 0666, so several uids share one namespace |
+//! | `SHMSHIM_DIR` | namespace directory (registry + server socket) |
+//! | `SHMSHIM_SHARED` | `1`: insist on a shared (multi-user) namespace, served by `shmshim serve --shared`; refuse to run without one |
 //! | `SHMSHIM_SHMMAX`, `SHMSHIM_SHMALL`, `SHMSHIM_SHMMNI` | set the namespace's limits (like writing the sysctls) |
 //! | `SHMSHIM_LOG` | `1` or `stderr`: one line per call on stderr; any other value: a file to append to |
-//! | `SHMSHIM_KEEPER` | path of the `shmshim` binary used to start the keeper |
+//! | `SHMSHIM_SERVER` | path of the `shmshim` binary that serves private namespaces (started automatically) |
 //! | `SHMSHIM_MODE` | `emulate` (default), `native` (pass every call to the kernel), `auto` (the kernel where its SysV calls work, else emulate) |
 
-use once_cell::sync::OnceCell;
+use std::sync::OnceLock as OnceCell;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub struct Config {
     pub shmall: Option<u64>,
     pub shmmni: Option<u64>,
     pub log: Option<String>,
-    pub keeper_bin: Option<PathBuf>,
+    pub server_bin: Option<PathBuf>,
 }
 
 static CONFIG: OnceCell<Config> = OnceCell::new();
@@ -89,7 +89,7 @@ impl Config {
             shmall: env_u64("SHMSHIM_SHMALL"),
             shmmni: env_u64("SHMSHIM_SHMMNI"),
             log: env("SHMSHIM_LOG").filter(|v| v != "0"),
-            keeper_bin: env("SHMSHIM_KEEPER").map(PathBuf::from),
+            server_bin: env("SHMSHIM_SERVER").or_else(|| env("SHMSHIM_KEEPER")).map(PathBuf::from),
         }
     }
 }

@@ -23,6 +23,7 @@
 
 use crate::config::emulating;
 use crate::log;
+use crate::client;
 use crate::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
 use crate::shm::{self, VmChange};
 use crate::sys::{self, Errno, SysResult};
@@ -145,13 +146,19 @@ fn tracked(addr: usize, len: usize, change: VmChange, op: impl FnOnce() -> SysRe
 
 #[no_mangle]
 pub extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
-    let r = tracked(addr as usize, len, VmChange::Unmap, || sys::munmap(addr as usize, len).map(|_| addr as usize));
+    let r = tracked(addr as usize, len, VmChange::Unmap, || {
+        // SAFETY: the program's own munmap, forwarded unchanged.
+        unsafe { sys::munmap(addr as usize, len) }.map(|_| addr as usize)
+    });
     raw_result(r.map(|_| ()))
 }
 
 #[no_mangle]
 pub extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
-    let r = tracked(addr as usize, len, VmChange::Prot(prot), || sys::mprotect(addr as usize, len, prot).map(|_| addr as usize));
+    let r = tracked(addr as usize, len, VmChange::Prot(prot), || {
+        // SAFETY: the program's own mprotect, forwarded unchanged.
+        unsafe { sys::mprotect(addr as usize, len, prot) }.map(|_| addr as usize)
+    });
     raw_result(r.map(|_| ()))
 }
 
@@ -175,7 +182,8 @@ pub extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_in
 /// mmap: a MAP_FIXED mapping replaces whatever was in its range, attaches included.
 #[no_mangle]
 pub extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
-    let op = || sys::mmap(addr as usize, len, prot, flags, fd, off);
+    // SAFETY: the program's own mmap, forwarded unchanged.
+    let op = || unsafe { sys::mmap(addr as usize, len, prot, flags, fd, off) };
     let r = if flags & libc::MAP_FIXED != 0 { tracked(addr as usize, len, VmChange::Unmap, op) } else { op() };
     finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
 }
@@ -190,7 +198,8 @@ pub extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_i
 #[no_mangle]
 pub extern "C" fn mremap(old: *mut c_void, old_len: size_t, new_len: size_t, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
     let na = if flags & libc::MREMAP_FIXED != 0 { new_addr as usize } else { 0 };
-    let op = || sys::mremap(old as usize, old_len, new_len, flags, na);
+    // SAFETY: the program's own mremap, forwarded unchanged.
+    let op = || unsafe { sys::mremap(old as usize, old_len, new_len, flags, na) };
     let r = if tracking() { guarded(|| shm::vm_remapped(old as usize, old_len, new_len, op)) } else { op() };
     finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
 }
@@ -212,37 +221,20 @@ fn real_fn(name: &std::ffi::CStr) -> Option<ForkFn> {
     }
 }
 
-/// fork with attach inheritance done the kernel's way: before the child exists the
-/// parent claims a proc entry for it through a fresh open file description that the
-/// child inherits, and records the child's fragments (nattch, atime, lpid as in
+/// fork with attach inheritance done the kernel's way: before the child exists
+/// the parent registers it (a proc entry and a connection whose server end the
+/// server watches) and counts the child's fragments (nattch, atime, lpid as in
 /// S118), so nattch has risen by the time fork returns in either process.
 fn forking(real: ForkFn) -> pid_t {
     // SAFETY (both calls below): calling the real libc fork/_Fork.
     if Reentry::active() {
         return unsafe { real() };
     }
-    let Some(reg) = process::registry_if_open() else { return unsafe { real() } };
-    // LOCAL (and the keeper socket's lock) are held across the real fork in every
-    // case, so the child never inherits them held by a thread it does not have.
+    let Some(ns) = process::namespace_if_open() else { return unsafe { real() } };
+    // LOCAL is held across the real fork in every case, so the child never
+    // inherits it held by a thread it does not have.
     let mut local = LOCAL.lock();
-    let claim = if local.attaches.is_empty() { None } else { process::claim_entry(reg).ok() };
-    if let Some((_, p)) = &claim {
-        let g = reg.lock();
-        process::init_entry(&g, *p, 0);
-        let now = sys::now();
-        let pid = sys::getpid();
-        for a in &local.attaches {
-            let n = a.frags.iter().filter(|f| !f.dontfork()).count() as u32;
-            let s = g.slot(a.slot);
-            if n > 0 && s.state == crate::registry::SLOT_USED && s.serial == a.serial {
-                let _ = g.rec_add(*p, a.slot, n);
-                s.atime = now;
-                s.lpid = pid;
-            }
-        }
-    }
-    // The keeper socket's lock too, so no other thread holds it across the fork.
-    let client = crate::keeper::CLIENT.lock();
+    let child = if local.attaches.is_empty() || local.conn.is_none() || local.pid != sys::getpid() { None } else { client::register_child(&mut local, ns).ok() };
     // Atfork handlers run inside the real fork on this thread: memory calls they
     // make must not re-enter the shim while LOCAL is held.
     let reentry = Reentry::enter();
@@ -250,39 +242,10 @@ fn forking(real: ForkFn) -> pid_t {
     // the hooks pass straight through while it runs.
     let pid = unsafe { real() };
     drop(reentry);
-    drop(client);
     if pid == 0 {
-        // Child: adopt the pre-claimed entry, drop the parent's liveness descriptor
-        // copy and the attaches fork did not copy (MADV_DONTFORK, S124).
-        match claim {
-            Some((fd, p)) => {
-                local.live_fd = Some(fd);
-                local.me = Some(p);
-                local.pid = sys::getpid();
-                process::set_my_entry(Some(p));
-                let g = reg.lock();
-                g.proc_entry(p).pid = sys::getpid();
-            }
-            None => {
-                local.live_fd = None;
-                local.me = None;
-                process::set_my_entry(None);
-            }
-        }
-        for a in local.attaches.iter_mut() {
-            a.frags.retain(|f| !f.dontfork());
-        }
-        local.attaches.retain(|a| !a.frags.is_empty());
-        local.publish_count();
-    } else if let Some((fd, p)) = claim {
-        let g = reg.lock();
-        if pid > 0 {
-            g.proc_entry(p).pid = pid;
-        } else {
-            shm::detach_proc(&g, p, sys::now());
-        }
-        drop(g);
-        drop(fd); // the child now holds the entry's lock alone
+        client::in_child(&mut local, ns, child);
+    } else {
+        client::after_fork(ns, child, pid);
     }
     drop(local);
     pid
@@ -328,15 +291,19 @@ pub extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_l
             _ => shmdt(a1 as *const c_void) as c_long,
         };
     }
+    let cred_change = matches!(
+        n,
+        libc::SYS_setuid | libc::SYS_setgid | libc::SYS_setreuid | libc::SYS_setregid | libc::SYS_setresuid | libc::SYS_setresgid | libc::SYS_setgroups | libc::SYS_capset | libc::SYS_chroot
+    );
+    if cred_change {
+        before_credential_change();
+    }
     let r = match next_fn!(c"syscall", SyscallFn) {
         // SAFETY: forwarding every argument unchanged to libc's syscall().
         Some(f) => unsafe { f(n, a1, a2, a3, a4, a5, a6) },
         None => enosys(-1),
     };
-    if matches!(
-        n,
-        libc::SYS_setuid | libc::SYS_setgid | libc::SYS_setreuid | libc::SYS_setregid | libc::SYS_setresuid | libc::SYS_setresgid | libc::SYS_setgroups | libc::SYS_capset
-    ) {
+    if cred_change {
         sys::CRED_GEN.fetch_add(1, Ordering::AcqRel);
     }
     r
@@ -362,8 +329,8 @@ fn sysvipc_open(flags: c_int) -> c_int {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Errno(libc::EACCES)); // the file is 0444
         }
-        let reg = process::registry()?;
-        let text = shm::sysvipc_text(reg);
+        let ns = process::namespace()?;
+        let text = shm::sysvipc_text(ns);
         let fd = sys::memfd_create(c"sysvipc_shm", if flags & libc::O_CLOEXEC != 0 { libc::MFD_CLOEXEC } else { 0 })?;
         sys::pwrite_all(std::os::fd::AsRawFd::as_raw_fd(&fd), text.as_bytes(), 0)?;
         Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
@@ -469,12 +436,22 @@ macro_rules! cred_hook {
     ($name:ident, $cname:literal, ($($arg:ident : $ty:ty),*)) => {
         #[no_mangle]
         pub extern "C" fn $name($($arg: $ty),*) -> c_int {
+            before_credential_change();
             // SAFETY: forwarding the caller's arguments to libc.
             let r = next_fn!($cname, unsafe extern "C" fn($($ty),*) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f($($arg),*) });
             sys::CRED_GEN.fetch_add(1, Ordering::AcqRel);
             r
         }
     };
+}
+
+/// A process keeps the namespace it started with: it is opened (and the server
+/// connected) before the process changes its credentials or root, while it can
+/// still reach the namespace directory.
+fn before_credential_change() {
+    if emulating() && !Reentry::active() {
+        process::prepare();
+    }
 }
 
 cred_hook!(setuid, c"setuid", (uid: libc::uid_t));
@@ -489,3 +466,4 @@ cred_hook!(setgroups, c"setgroups", (n: size_t, list: *const libc::gid_t));
 cred_hook!(setfsuid, c"setfsuid", (uid: libc::uid_t));
 cred_hook!(setfsgid, c"setfsgid", (gid: libc::gid_t));
 cred_hook!(capset, c"capset", (hdr: *mut c_void, data: *const c_void));
+cred_hook!(chroot, c"chroot", (path: *const c_char));

@@ -3,12 +3,17 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the design, `README.md` for use.
 
+pub mod cell;
+pub mod client;
 pub mod config;
+pub mod creds;
+pub mod frags;
 pub mod fsmutex;
 pub mod hooks;
-pub mod keeper;
 pub mod log;
 pub mod process;
+pub mod proto;
 pub mod registry;
+pub mod server;
 pub mod shm;
 pub mod sys;

@@ -1,17 +1,15 @@
 //! Per-process state: this process's attaches (as mapping fragments, S71–S74), its
-//! cache of segment descriptors, and its entry in the registry's proc table.
+//! cache of segment descriptors, its proc entry and its connection to the server.
 //!
 //! `LOCAL` is taken before the registry lock, never after (see `registry`).
 
-use crate::registry::{RegGuard, Registry, LIVE_BASE, MAX_PROCS};
-use crate::sys::{self, Errno, SysResult};
-#[allow(unused_imports)]
-use std::os::fd::FromRawFd;
-use once_cell::sync::OnceCell;
 use crate::fsmutex::FsMutex;
+use crate::registry::Registry;
+use crate::sys::{self, Errno, SysResult};
 use std::cell::Cell;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 pub const PAGE: usize = 4096;
 
@@ -26,7 +24,7 @@ pub const FL_DONTDUMP: u32 = 1 << 9;
 /// One mapping fragment (a VMA of an attach). `pgoff` is the byte offset in the
 /// segment of `addr`; `flags` holds the PROT_* bits and FL_* flags, which decide
 /// whether neighbouring fragments may merge (S72).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frag {
     pub addr: usize,
     pub len: usize,
@@ -53,9 +51,49 @@ pub struct Attach {
     pub frags: Vec<Frag>,
 }
 
-/// A cached descriptor of a segment, validated by inode before each use and
-/// before it is closed (a program that closes descriptors it did not open may have
-/// reused the number).
+impl Attach {
+    /// Fragments a fork child inherits (all but MADV_DONTFORK ones, S124).
+    pub fn inherited(&self) -> u32 {
+        self.frags.iter().filter(|f| !f.dontfork()).count() as u32
+    }
+}
+
+/// A descriptor this process holds at a number it chose; checked by inode before
+/// each use and before it is closed (a program that closes descriptors it did not
+/// open may have reused the number).
+#[derive(Debug)]
+pub struct HeldFd {
+    pub fd: RawFd,
+    pub ino: u64,
+}
+
+impl HeldFd {
+    pub fn new(fd: OwnedFd) -> SysResult<HeldFd> {
+        let fd = beyond_limit_fd(fd);
+        let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
+        Ok(HeldFd { fd: fd.into_raw_fd(), ino })
+    }
+
+    /// Whether the number still holds our file.
+    pub fn intact(&self) -> bool {
+        matches!(sys::fstat(self.fd), Ok(st) if st.st_ino == self.ino)
+    }
+
+    /// Forgets the number without closing it (it may be the program's now).
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for HeldFd {
+    fn drop(&mut self) {
+        if self.intact() {
+            sys::close(self.fd);
+        }
+    }
+}
+
+/// A cached descriptor of a segment (read-write, and a read-only reopen once needed).
 pub struct CachedFd {
     pub slot: usize,
     pub ino: u64,
@@ -73,19 +111,31 @@ impl Drop for CachedFd {
     }
 }
 
+/// This process's connection to its namespace's server. The server learns of the
+/// process's exit, exec (the descriptors are close-on-exec) or death when the
+/// connection closes.
+pub struct Conn {
+    pub sock: HeldFd,
+    /// The server's shared epoll instance: ready events are deaths not yet applied.
+    pub ep: RawFd,
+    /// Read end of the server's death pipe (registered in `ep`).
+    pub death: RawFd,
+    /// The server generation that answered our HELLO.
+    pub server_gen: u64,
+}
+
 #[derive(Default)]
 pub struct Local {
-    /// Our proc-table entry, once claimed.
-    pub me: Option<usize>,
-    /// Descriptor holding our liveness lock (O_CLOEXEC: exec releases it).
-    pub live_fd: Option<OwnedFd>,
+    /// Our proc-table entry and its generation, once the server registered us.
+    pub me: Option<(usize, u32)>,
+    pub conn: Option<Conn>,
     pub attaches: Vec<Attach>,
     /// Cached descriptors by segment serial.
     pub fds: std::collections::BTreeMap<u64, CachedFd>,
     /// Last registry destroy_epoch this process swept its cache at.
     pub epoch: u64,
-    /// The pid `me` was claimed for: a child made by a raw fork/clone (no hook
-    /// ran) notices it is not that process and claims its own entry.
+    /// The pid `me` was registered for: a child made by a raw fork/clone (no hook
+    /// ran) notices it is not that process and registers anew.
     pub pid: i32,
 }
 
@@ -93,7 +143,7 @@ pub struct Local {
 /// while other threads may be waiting for it.
 pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
     me: None,
-    live_fd: None,
+    conn: None,
     attaches: Vec::new(),
     fds: std::collections::BTreeMap::new(),
     epoch: 0,
@@ -102,18 +152,16 @@ pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
 
 /// This process's proc entry (usize::MAX: none), readable without LOCAL.
 static ME: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The shared epoll descriptor (-1: not connected), readable without LOCAL.
+pub static EPFD: AtomicI32 = AtomicI32::new(-1);
 
 pub fn my_entry() -> Option<usize> {
     let v = ME.load(Ordering::Acquire);
-    if v == usize::MAX {
-        None
-    } else {
-        Some(v)
-    }
+    (v != usize::MAX).then_some(v)
 }
 
-pub fn set_my_entry(me: Option<usize>) {
-    ME.store(me.unwrap_or(usize::MAX), Ordering::Release);
+pub fn set_my_entry(me: Option<(usize, u32)>) {
+    ME.store(me.map(|m| m.0).unwrap_or(usize::MAX), Ordering::Release);
 }
 
 /// Number of fragments this process has: lets the munmap/mprotect hooks return at
@@ -144,11 +192,18 @@ impl Drop for Reentry {
     }
 }
 
-static REGISTRY: OnceCell<Result<Registry, String>> = OnceCell::new();
+/// The namespace as this process opened it.
+pub struct Namespace {
+    pub reg: Registry,
+    pub dir: std::path::PathBuf,
+}
+
+static NAMESPACE: OnceLock<Namespace> = OnceLock::new();
+static OPENING: FsMutex<()> = FsMutex::new(());
 
 /// The default namespace directory lives in world-writable places (/dev/shm,
 /// /tmp): it must be ours and writable by nobody else, or another user could
-/// have planted a registry and keeper there and would receive our memfds.
+/// have planted a registry and server there and would receive our memfds.
 fn check_default_dir(dir: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::symlink_metadata(dir).map_err(|e| format!("namespace directory {}: {e}", dir.display()))?;
@@ -164,212 +219,141 @@ fn check_default_dir(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn make_dir(dir: &std::path::Path, shared: bool) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+fn make_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
     }
-    let mode = if shared { 0o1777 } else { 0o700 };
-    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
-        Ok(()) => {
-            if shared {
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
-            }
-            Ok(())
-        }
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
         Err(_) if dir.is_dir() => Ok(()),
         Err(e) => Err(format!("namespace directory {}: {}", dir.display(), e)),
     }
 }
 
-/// Opens (or creates) this process's registry once. A registry that cannot be used
-/// is reported on stderr once, naming the file, and every call then fails with
-/// ENOSYS, as if SysV IPC were absent (see README, "Errors").
-pub fn registry() -> SysResult<&'static Registry> {
-    let r = REGISTRY.get_or_init(|| {
-        let cfg = crate::config::get();
-        let res = make_dir(&cfg.dir, cfg.shared)
-            .and_then(|_| if cfg.dir_from_env || cfg.shared { Ok(()) } else { check_default_dir(&cfg.dir) })
-            .and_then(|_| Registry::open_or_create(&cfg.dir, crate::config::host_limits(), cfg.shared).map_err(|e| e.to_string()));
-        match res {
-            Ok(reg) => {
-                crate::keeper::prepare(&cfg.dir);
-                // Every participating process gets a proc entry, so a restarted
-                // keeper can find segment memory that processes hold.
-                let mut local = LOCAL.lock();
-                let _ = ensure_proc(&mut local, &reg);
-                drop(local);
-                if cfg.shmmax.is_some() || cfg.shmall.is_some() || cfg.shmmni.is_some() {
-                    reg.set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
-                }
-                Ok(reg)
-            }
-            Err(msg) => {
-                eprintln!("shmshim: {msg}; System V shared memory calls will fail with ENOSYS");
-                Err(msg)
-            }
+/// Why the namespace could not be opened: a message (printed once) and the errno
+/// calls report. Resource shortages are retried at the next call.
+struct OpenFailure {
+    msg: String,
+    errno: Errno,
+}
+
+fn open_namespace() -> Result<Namespace, OpenFailure> {
+    let cfg = crate::config::get();
+    let dir = cfg.dir.clone();
+    let fail = |msg: String| OpenFailure { msg, errno: Errno(libc::ENOSYS) };
+    // A shared namespace is created by its server; clients only open it.
+    let path = dir.join("registry");
+    if let Ok(fd) = sys::open(&crate::sys::cstr(&path), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        let ro = Registry::from_fd(path.clone(), fd, false).map_err(|e| OpenFailure { errno: e.errno(), msg: e.to_string() })?;
+        if ro.is_shared() {
+            return Ok(Namespace { reg: ro, dir });
         }
-    });
-    r.as_ref().map_err(|_| Errno(libc::ENOSYS))
+    }
+    if cfg.shared {
+        return Err(fail(format!(
+            "SHMSHIM_SHARED=1 but no shared namespace is served in {}: start one with `shmshim serve --dir {} --shared` (as root or a dedicated account), then point clients at it with SHMSHIM_DIR",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    make_dir(&dir).map_err(fail)?;
+    if !cfg.dir_from_env {
+        check_default_dir(&dir).map_err(fail)?;
+    }
+    let reg = Registry::open_or_create(&dir, crate::config::host_limits(), false).map_err(|e| OpenFailure { errno: e.errno(), msg: e.to_string() })?;
+    if cfg.shmmax.is_some() || cfg.shmall.is_some() || cfg.shmmni.is_some() {
+        reg.lock().set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
+    }
+    Ok(Namespace { reg, dir })
+}
+
+/// This process's namespace, opened at its first use (or early, see `prepare`).
+/// One that cannot be used is reported on stderr once, naming the problem, and
+/// calls fail with ENOSYS (as if SysV IPC were absent); a shortage of descriptors,
+/// memory or space fails the call with the kernel's errno and is retried next time.
+pub fn namespace() -> SysResult<&'static Namespace> {
+    if let Some(ns) = NAMESPACE.get() {
+        return Ok(ns);
+    }
+    static REPORTED: AtomicUsize = AtomicUsize::new(0);
+    let _g = OPENING.lock();
+    if let Some(ns) = NAMESPACE.get() {
+        return Ok(ns);
+    }
+    match open_namespace() {
+        Ok(ns) => Ok(NAMESPACE.get_or_init(|| ns)),
+        Err(f) => {
+            if REPORTED.fetch_add(1, Ordering::AcqRel) == 0 {
+                eprintln!("shmshim: {}; System V shared memory calls fail with {}", f.msg, f.errno.name());
+            }
+            Err(f.errno)
+        }
+    }
+}
+
+pub fn registry() -> SysResult<&'static Registry> {
+    namespace().map(|ns| &ns.reg)
+}
+
+pub fn namespace_if_open() -> Option<&'static Namespace> {
+    NAMESPACE.get()
 }
 
 pub fn registry_if_open() -> Option<&'static Registry> {
-    REGISTRY.get().and_then(|r| r.as_ref().ok())
+    NAMESPACE.get().map(|ns| &ns.reg)
 }
 
-/// Claims a proc-table entry for this process (once), holding its liveness lock.
-pub fn ensure_proc(local: &mut Local, reg: &Registry) -> SysResult<usize> {
-    let pid = sys::getpid();
-    if let Some(me) = local.me {
-        if local.pid == pid {
-            if live_fd_intact(local, reg) {
-                return Ok(me);
-            }
-            return reclaim_entry(local, reg, me, pid);
-        }
-        // A child of a raw fork (or of daemon(), which forks inside libc): the
-        // entry and its lock are our parent's. Take our own and count the
-        // attaches we inherited, late, as fork would have (S118).
-        local.me = None;
-        set_my_entry(None);
-        if let Some(fd) = local.live_fd.take() {
-            drop(fd); // our copy of the parent's description; the parent keeps its own
-        }
-        for a in local.attaches.iter_mut() {
-            a.frags.retain(|f| !f.dontfork());
-        }
-        local.attaches.retain(|a| !a.frags.is_empty());
-        local.publish_count();
+/// Opens the namespace and connects to its server now, while this process can
+/// still reach the namespace directory: before a uid change or a chroot (their
+/// hooks call this), so the process keeps its namespace whatever it does later.
+pub fn prepare() {
+    let _r = Reentry::enter();
+    if let Ok(ns) = namespace() {
+        let mut local = LOCAL.lock();
+        let _ = crate::client::ensure_conn(&mut local, ns);
     }
-    let (fd, p) = claim_entry(reg)?;
-    let g = reg.lock();
-    init_entry(&g, p, pid);
-    for a in &local.attaches {
-        let s = g.slot(a.slot);
-        if s.state == crate::registry::SLOT_USED && s.serial == a.serial {
-            let _ = g.rec_add(p, a.slot, a.frags.len() as u32);
-        }
-    }
-    drop(g);
-    local.live_fd = Some(fd);
-    local.me = Some(p);
-    local.pid = pid;
-    set_my_entry(Some(p));
-    Ok(p)
 }
 
-/// Whether our liveness descriptor is still ours: a daemon that closes "every"
-/// descriptor, or dup2s over ours, releases the lock that says we are alive.
-fn live_fd_intact(local: &Local, reg: &Registry) -> bool {
-    let Some(fd) = &local.live_fd else { return false };
-    matches!(sys::fstat(fd.as_raw_fd()), Ok(st) if st.st_ino == reg.live_ino)
-}
-
-/// The program closed our liveness descriptor: claim a new entry and move our
-/// attaches' records to it (or record them again if someone already reaped them).
-fn reclaim_entry(local: &mut Local, reg: &Registry, old: usize, pid: i32) -> SysResult<usize> {
-    if let Some(fd) = local.live_fd.take() {
-        std::mem::forget(fd); // the number may be the program's now
-    }
-    let (fd, p) = claim_entry(reg)?;
-    let g = reg.lock();
-    init_entry(&g, p, pid);
-    // Nobody else claimed the old entry (a claim sets its pid): its records are
-    // ours to move.
-    let still_ours = g.proc_entry(old).pid == pid;
-    for a in &local.attaches {
-        let n = a.frags.len() as u32;
-        let s = g.slot(a.slot);
-        if s.state != crate::registry::SLOT_USED || s.serial != a.serial {
-            continue;
-        }
-        if still_ours {
-            g.rec_sub(old, a.slot, n);
-        }
-        let _ = g.rec_add(p, a.slot, n);
-    }
-    if still_ours {
-        g.proc_entry(old).pid = 0;
-    }
-    drop(g);
-    local.live_fd = Some(fd);
-    local.me = Some(p);
-    set_my_entry(Some(p));
-    Ok(p)
-}
-
-/// Opens a fresh open file description of the registry and takes the OFD lock of a
-/// free proc entry with it. Any entry whose lock is free belongs to nobody alive.
-///
-/// The new description is a reopen of the namespace's `live` file through
-/// /proc/self/fd, which works after the process dropped to a uid that may not
-/// search the namespace directory.
-pub fn claim_entry(reg: &Registry) -> SysResult<(OwnedFd, usize)> {
-    let live = reg.live_fd().ok_or(Errno(libc::ENOSYS))?;
-    let fd = beyond_limit_fd(reopen(live, libc::O_RDWR)?);
-    let start = reg.header().proc_hint as usize % MAX_PROCS;
-    for k in 0..MAX_PROCS {
-        let p = (start + k) % MAX_PROCS;
-        if sys::ofd_trylock(fd.as_raw_fd(), LIVE_BASE + p as u64, 1)? {
-            return Ok((fd, p));
-        }
-    }
-    Err(Errno(libc::ENOSPC))
-}
-
-/// Makes entry `p` ours: records a previous (dead) owner left are detached first.
-pub fn init_entry(g: &RegGuard, p: usize, pid: i32) {
-    g.open_proc_entry(p);
-    crate::shm::detach_proc(g, p, sys::now());
-    g.proc_entry(p).pid = pid;
-    g.hdr().proc_hint = (p as u32 + 1) % MAX_PROCS as u32;
-}
-
-/// Moves the liveness descriptor out of reach of daemons' "close every
-/// descriptor" loops, since closing it would make the process look dead to
-/// everyone else: to the soft RLIMIT_NOFILE itself where the hard limit leaves
-/// room (loops run up to sysconf(_SC_OPEN_MAX), the soft limit), else to
-/// min(soft - 1, 4095) (beyond FD_SETSIZE-bounded loops, without growing the
-/// descriptor table to a huge soft limit).
+/// Moves a descriptor out of reach of daemons' "close every descriptor" loops,
+/// since closing it would make the process look dead to everyone else: to the soft
+/// RLIMIT_NOFILE itself where the hard limit leaves room (loops run up to
+/// sysconf(_SC_OPEN_MAX), the soft limit), else to min(soft - 1, 4095) (beyond
+/// FD_SETSIZE-bounded loops, without growing the descriptor table to a huge soft
+/// limit), else to 200.
 pub fn beyond_limit_fd(fd: OwnedFd) -> OwnedFd {
-    // SAFETY: getrlimit/setrlimit on our own process with a valid struct; the soft
-    // limit is raised just long enough to place one descriptor, then restored.
-    // F_DUPFD_CLOEXEC returns a new descriptor we own.
-    unsafe {
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 || rl.rlim_cur == libc::RLIM_INFINITY || rl.rlim_cur < 256 {
-            return high_fd(fd);
+    static PLACE: crate::fsmutex::FsMutex<()> = crate::fsmutex::FsMutex::new(());
+    let _g = PLACE.lock();
+    let (soft, hard) = sys::rlimit_nofile();
+    if soft == libc::RLIM_INFINITY || soft < 256 {
+        return high_fd(fd);
+    }
+    if hard > soft + 64 && soft <= 65536 && sys::set_rlimit_nofile(soft + 64, hard).is_ok() {
+        let r = sys::dup_at_least(fd.as_raw_fd(), soft as i32);
+        let _ = sys::set_rlimit_nofile(soft, hard);
+        if let Ok(n) = r {
+            return n;
         }
-        let soft = rl.rlim_cur;
-        let mut r = -1;
-        if rl.rlim_max > soft + 64 && soft <= 65536 {
-            let raised = libc::rlimit { rlim_cur: soft + 64, rlim_max: rl.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                r = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, soft as i32);
-                libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-            }
-        }
-        if r < 0 {
-            r = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, (soft - 1).min(4095) as i32);
-        }
-        if r < 0 {
-            return high_fd(fd);
-        }
-        OwnedFd::from_raw_fd(r)
+    }
+    match sys::dup_at_least(fd.as_raw_fd(), (soft - 1).min(4095) as i32) {
+        Ok(n) => n,
+        Err(_) => high_fd(fd),
     }
 }
 
 /// Moves a descriptor to a high number, away from the low numbers programs manage
 /// themselves (closing "all" fds from 3 up, dup2 onto 0–2).
 pub fn high_fd(fd: OwnedFd) -> OwnedFd {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own (or fails).
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 200) };
-    if r < 0 {
-        return fd;
-    }
-    use std::os::fd::FromRawFd;
-    // SAFETY: r is a fresh descriptor; `fd` is closed when dropped here.
-    unsafe { OwnedFd::from_raw_fd(r) }
+    sys::dup_at_least(fd.as_raw_fd(), 200).unwrap_or(fd)
+}
+
+/// Takes ownership of a raw descriptor number this process chose to keep.
+///
+/// # Safety
+/// `fd` must be an open descriptor that nothing else owns.
+pub unsafe fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: as the caller guarantees.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 impl Local {
@@ -401,12 +385,15 @@ impl Local {
             c.ro = None; // not ours any more: forget it
         }
         let ro = reopen(c.rw, libc::O_RDONLY).ok()?;
-        c.ro = Some(std::os::fd::IntoRawFd::into_raw_fd(high_fd(ro)));
+        c.ro = Some(high_fd(ro).into_raw_fd());
         c.ro
     }
 
+    /// Caches a descriptor of segment `serial`. A read-only descriptor (all a
+    /// client of a shared namespace may get for a segment it can only read) is
+    /// cached as such and never used for a read-write map.
     pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) {
-        let rw = std::os::fd::IntoRawFd::into_raw_fd(high_fd(fd));
+        let rw = high_fd(fd).into_raw_fd();
         self.fds.insert(serial, CachedFd { slot, ino, rw, ro: None });
         // The kernel's shmget costs the caller no descriptor: keep at most
         // FD_CACHE of ours beyond the attached segments', dropping the oldest.
@@ -420,23 +407,23 @@ impl Local {
         }
     }
 
-    /// Drops cached descriptors of segments destroyed since the last call, so
-    /// their memory is freed: O(destructions), from the header's ring, or a
-    /// full pass when more happened than the ring remembers.
-    pub fn sweep_fds(&mut self, g: &RegGuard) {
-        let h = g.hdr();
-        let epoch = h.destroy_epoch.load(Ordering::Acquire);
+    /// Drops cached descriptors of segments destroyed since the last call, so their
+    /// memory is freed: O(destructions), from the header's ring, or a full pass when
+    /// more happened than the ring remembers.
+    pub fn sweep_fds(&mut self, reg: &Registry) {
+        let h = reg.header();
+        let epoch = h.destroy_epoch.atomic().load(Ordering::Acquire);
         if epoch == self.epoch {
             return;
         }
-        if epoch - self.epoch > crate::registry::DESTROYED_RING as u64 || epoch < self.epoch {
+        if epoch.wrapping_sub(self.epoch) > crate::registry::DESTROYED_RING as u64 {
             self.fds.retain(|&serial, c| {
-                let s = g.slot(c.slot);
-                s.state == crate::registry::SLOT_USED && s.serial == serial
+                let s = reg.slot(c.slot);
+                s.is_used() && s.serial.get() == serial
             });
         } else {
             for e in self.epoch..epoch {
-                self.fds.remove(&h.destroyed[e as usize % crate::registry::DESTROYED_RING].load(Ordering::Acquire));
+                self.fds.remove(&h.destroyed[e as usize % crate::registry::DESTROYED_RING].atomic().load(Ordering::Acquire));
             }
         }
         self.epoch = epoch;
@@ -446,6 +433,28 @@ impl Local {
 /// Reopens a descriptor through /proc/self/fd with other access flags: a read-only
 /// reopen of the memfd gives mappings that refuse mprotect(PROT_WRITE) (S53).
 pub fn reopen(fd: RawFd, flags: i32) -> SysResult<OwnedFd> {
-    let p = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
-    sys::open(&p, flags, 0)
+    sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/self/fd/{fd}"))), flags, 0)
+}
+
+/// This process's start time (clock ticks after boot), which with its pid names it.
+pub fn start_time(pid: i32) -> u64 {
+    sys::read_small(&format!("/proc/{pid}/stat"))
+        .and_then(|s| {
+            // The command name may hold spaces and parentheses: fields follow the last ')'.
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn start_time_names_this_process() {
+        let me = crate::sys::getpid();
+        let t = super::start_time(me);
+        assert!(t > 0);
+        assert_eq!(t, super::start_time(me));
+        assert_eq!(super::start_time(i32::MAX), 0);
+    }
 }

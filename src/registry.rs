@@ -1,70 +1,72 @@
-//! The registry: one file per namespace, mapped `MAP_SHARED` by every participating
-//! process. It plays the part of the kernel's `struct ipc_ids` for shm: the segment
-//! table, the key index, the id allocator and the attach bookkeeping behind
-//! `shm_nattch`.
+//! The registry: one file per namespace, mapped `MAP_SHARED` by every participant.
+//! It plays the part of the kernel's `struct ipc_ids` for shm: the segment table,
+//! the key index, the id allocator and the attach bookkeeping behind `shm_nattch`.
 //!
 //! # Layout (all offsets fixed by `LAYOUT_VERSION`)
 //!
-//! | region   | offset          | size                         |
-//! |----------|-----------------|------------------------------|
-//! | header   | 0               | 4096                         |
-//! | slots    | `SLOTS_OFF`     | `MAX_SLOTS * size_of::<Slot>()` |
-//! | key index| `INDEX_OFF`     | `INDEX_SIZE * 4`             |
+//! | region   | offset          | size                              |
+//! |----------|-----------------|-----------------------------------|
+//! | header   | 0               | 4096                              |
+//! | slots    | `SLOTS_OFF`     | `MAX_SLOTS * size_of::<Slot>()`   |
+//! | key index| `INDEX_OFF`     | `INDEX_SIZE * 4`                  |
 //! | procs    | `PROCS_OFF`     | `MAX_PROCS * size_of::<ProcEntry>()` |
-//! | records  | `RECS_OFF`      | `MAX_RECS * size_of::<Rec>()` |
+//! | records  | `RECS_OFF`      | `MAX_RECS * size_of::<Rec>()`     |
 //!
-//! The file is sparse: untouched pages cost nothing.
+//! The file is sparse. Header and index are allocated (`fallocate`) when the file is
+//! built; slots, proc entries and records are allocated in chunks before the first
+//! one of a chunk is used, and nothing beyond the allocated chunks is ever read or
+//! written: a full filesystem makes the call that needs a new chunk fail with
+//! `ENOSPC` (SEMANTICS L9), never a later access raise `SIGBUS`.
 //!
-//! # The lock
+//! # Soundness
 //!
-//! One process-shared, robust `pthread_mutex_t` in the header guards everything in
-//! the file except the fields marked "atomic". A holder killed by SIGKILL makes the
-//! next `lock()` see `EOWNERDEAD`; that caller runs [`Registry::repair`], which
-//! rebuilds every derived structure (key index, counters, record lists, `nattch`)
-//! from the primary data (slot states and records), then marks the mutex
-//! consistent. Every update is ordered so that the primary data is valid after any
-//! prefix of it: a slot becomes visible only when its `state` is written last, and a
-//! record counts only once its `proc_` field is set.
+//! Every shared field is a [`crate::cell`] atomic, so the references this module
+//! hands out are references to atomics. The mutex is reached only through a raw
+//! pointer. Mutation goes through a [`RegGuard`], whose mutating methods take
+//! `&mut self`.
 //!
-//! Lock ordering: the per-process state mutex (`process::LOCAL`) is always taken
-//! before the registry lock, never after. Nothing blocks on another process while
-//! holding the registry lock, except the keeper hand-off: a datagram send to the
-//! keeper, which never waits for the registry lock (it only try-locks), so it
-//! always drains its queue.
+//! # The lock and the sequence counter
 //!
-//! # Liveness
+//! One process-shared, robust `pthread_mutex_t` in the header serialises writers.
+//! Taking it makes `Header::seq` odd, releasing it makes it even again, so a reader
+//! that may not take the lock (a client of a shared namespace, whose mapping is
+//! read-only) reads a consistent snapshot by retrying while `seq` is odd or changed
+//! ([`Registry::read`]). A holder killed by SIGKILL makes the next `lock()` see
+//! `EOWNERDEAD`; that caller runs [`RegGuard::repair`], which rebuilds every derived
+//! structure (key index, counters, record lists, `nattch`) from the primary data
+//! (slot states, records), then marks the mutex consistent. Updates are ordered so
+//! the primary data is valid after any prefix: a slot becomes visible when its
+//! `state` is written last, and a record counts once its `proc_` field is set.
 //!
-//! Each live participating process holds an open-file-description lock (`F_OFD_SETLK`)
-//! on byte `LIVE_BASE + i` of the namespace's `live` file, through an `O_CLOEXEC` descriptor, where `i`
-//! is its entry in the proc table. Exit, SIGKILL and execve all release it, so
-//! `F_OFD_GETLK` tells exactly whether an entry's owner still exists (a reused pid
-//! cannot inherit it). Records of dead owners are reaped when observed.
+//! Lock order (also in docs/ARCHITECTURE.md): `process::LOCAL` → registry lock.
+//! Nothing blocks while the registry lock is held: no send that can wait, no spawn,
+//! no sleep.
 //!
 //! # Known gaps
-//! - `shm_next_id` (S19) and `shm_rmid_forced` (S128–S132) are not emulated.
 //! - Limits live in the header and apply to every process of the namespace.
 
+use crate::cell::{I32, I64, U32, U64};
 use crate::sys::{self, Errno, SysResult};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
 
-pub const MAGIC: [u8; 8] = *b"SHMSHIM\x01";
-pub const LAYOUT_VERSION: u32 = 3;
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSHIM\x02");
+pub const LAYOUT_VERSION: u32 = 4;
 
-/// Memfds the keeper makes ahead of time, so a same-uid creator needs no message
-/// to the keeper (see `keeper`).
+/// Memfds the server makes ahead of time, so a creator of a private namespace needs
+/// no message to the server (see `server`).
 pub const POOL_SIZE: usize = 64;
 
-/// One pooled memfd, shared lock-free between the keeper and creators (atomics):
-/// - `fd` > 0: available, the keeper's descriptor number; the keeper stores `ino`
+/// One pooled memfd, shared lock-free between the server and creators:
+/// - `fd` > 0: available, the server's descriptor number; the server stores `ino`
 ///   first, then `fd`;
 /// - a creator claims it by compare-and-swap of `fd` to `-fd`, opens it, and on
 ///   success stores its segment's serial in `taken` (or, on failure, puts `fd`
 ///   back);
-/// - the keeper files entries with `fd` < 0 and `taken` != 0 under that serial
-///   and empties them (`taken` = 0, then `fd` = 0); a claim with `taken` = 0 that
-///   outlives a full sweep under the registry lock was abandoned and is restored.
+/// - the server files entries with `fd` < 0 and `taken` != 0 under that serial and
+///   empties them (`taken` = 0, then `fd` = 0); a claim with `taken` = 0 that
+///   outlives a sweep under the registry lock was abandoned and is restored.
 #[repr(C)]
 pub struct PoolEntry {
     pub fd: AtomicI32,
@@ -82,8 +84,8 @@ pub const MAX_SLOTS: usize = 32768;
 pub const INDEX_SIZE: usize = 65536;
 pub const MAX_PROCS: usize = 16384;
 pub const MAX_RECS: usize = 131072;
-/// OFD liveness locks live far beyond the data, on bytes nobody reads.
-pub const LIVE_BASE: u64 = 1 << 40;
+/// Slots, proc entries and records are allocated in chunks of this many bytes.
+const CHUNK: usize = 64 * 1024;
 
 /// S10: the cyclic window is at least this wide.
 pub const IPC_MIN_CYCLE: u32 = 64;
@@ -101,158 +103,179 @@ pub const NIL: u32 = u32::MAX;
 pub const SHM_DEST: u32 = 0o1000;
 pub const SHM_LOCKED: u32 = 0o2000;
 
-/// Registry header. Guarded by `mutex` unless marked otherwise.
+/// Registry header. Guarded by the lock unless marked otherwise.
 #[repr(C)]
 pub struct Header {
     /// Constant after creation.
-    pub magic: [u8; 8],
+    pub magic: U64,
     /// Constant after creation.
-    pub version: u32,
+    pub version: U32,
     /// Constant after creation: size_of::<Slot>() etc, to refuse foreign layouts.
-    pub slot_size: u32,
-    pub proc_size: u32,
-    pub rec_size: u32,
+    pub slot_size: U32,
+    pub proc_size: U32,
+    pub rec_size: U32,
     /// Constant after creation.
-    pub file_size: u64,
-    _pad0: [u64; 4],
-    /// The registry lock itself (offset 64).
-    pub mutex: libc::pthread_mutex_t,
+    pub file_size: U64,
+    /// Constant after creation: 1 for a shared (multi-user) namespace, whose only
+    /// writer is its server.
+    pub shared: U32,
+    _pad0: [u32; 7],
+    /// The registry lock itself (offset 64); reached only through a raw pointer.
+    mutex: libc::pthread_mutex_t,
     _pad1: [u8; 128 - 64 - std::mem::size_of::<libc::pthread_mutex_t>()],
+    /// Atomic: odd while a writer holds the lock (see the module comment).
+    pub seq: U64,
     /// Limits in force (S133): shmmax in bytes, shmall in pages, shmmni in segments.
-    pub shmmax: u64,
-    pub shmall: u64,
-    pub shmmni: u64,
+    pub shmmax: U64,
+    pub shmall: U64,
+    pub shmmni: U64,
     /// Id allocator state (S10, S11): last index handed out, current seq, and the
     /// idr cursor (last index + 1).
-    pub last_idx: i32,
-    pub seq: u32,
-    pub idr_next: u32,
+    pub last_idx: I32,
+    pub idr_seq: U32,
+    pub idr_next: U32,
     /// Derived: number of USED slots (S37, SHM_INFO used_ids).
-    pub in_use: u32,
+    pub in_use: U32,
     /// Derived: sum of pages of USED slots (S38, SHM_INFO shm_tot).
-    pub shm_tot: u64,
+    pub shm_tot: U64,
     /// Derived: highest USED index, or -1.
-    pub max_idx: i32,
+    pub max_idx: I32,
     _pad2: u32,
     /// Source of `Slot::serial`; never reused.
-    pub next_serial: u64,
-    /// High-water marks: slots, proc entries and records at or above these were
-    /// never used, are all zero, and count as empty. Nothing beyond them is
-    /// touched, so an idle namespace costs a few pages, not the whole file.
-    /// Primary data (never lowered).
-    pub slot_hwm: u32,
-    pub proc_hwm: u32,
-    pub rec_hwm: u32,
-    _pad_hwm: u32,
+    pub next_serial: U64,
+    /// High-water marks: entries at or above these were never used and count as
+    /// empty. Primary data (never lowered).
+    pub slot_hwm: U32,
+    pub proc_hwm: U32,
+    pub rec_hwm: U32,
     /// Derived: head of the free record list.
-    pub rec_free: u32,
+    pub rec_free: U32,
+    /// Entries below these are allocated on the filesystem (see the module comment).
+    pub slots_backed: U32,
+    pub procs_backed: U32,
+    pub recs_backed: U32,
     /// Hint for the next proc entry to try.
-    pub proc_hint: u32,
-    /// Atomic (written under the lock): number of destructions so far; processes
-    /// and the keeper compare it with what they last saw.
-    pub destroy_epoch: AtomicU64,
-    /// Atomic: keeper pid (0 = none) and its start time, written by the keeper.
-    pub keeper_pid: AtomicI32,
+    pub proc_hint: U32,
+    /// Atomic (written under the lock): number of destructions so far.
+    pub destroy_epoch: U64,
+    /// Atomic, written by the server: its pid (0 = none).
+    pub server_pid: I32,
     _pad3: u32,
-    _pad4: u64,
-    /// Atomic: bumped whenever a creator takes a pooled memfd (the keeper refills).
-    pub pool_taken: AtomicU64,
-    /// Atomic: 1 once a creator has asked the keeper to refill a half-empty pool;
-    /// the keeper clears it when it refills.
-    pub refill_asked: AtomicU64,
-    /// The keeper's pool of empty memfds.
+    /// Atomic, written by the server: bumped by each server that starts.
+    pub server_gen: U64,
+    /// Atomic: bumped whenever a creator takes a pooled memfd (the server refills).
+    pub pool_taken: U64,
+    /// Atomic: 1 once a creator has asked the server to refill a half-empty pool;
+    /// the server clears it when it refills.
+    pub refill_asked: U64,
+    /// The server's pool of empty memfds.
     pub pool: [PoolEntry; POOL_SIZE],
-    /// Serials of the last DESTROYED_RING destroyed segments: destruction number
-    /// e (destroy_epoch before it) is at e % DESTROYED_RING. Lets every process
-    /// and the keeper drop descriptors of removed segments in O(removals).
-    /// Atomic entries, written under the lock, read by the keeper without it.
-    pub destroyed: [AtomicU64; DESTROYED_RING],
+    /// Serials of the last DESTROYED_RING destroyed segments: destruction number e
+    /// (destroy_epoch before it) is at e % DESTROYED_RING. Lets processes and the
+    /// server drop descriptors of removed segments in O(removals).
+    pub destroyed: [U64; DESTROYED_RING],
 }
 
+pub const HEADER_SIZE: usize = 4096;
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
 
 /// One segment: the kernel's `struct shmid_kernel` as userspace sees it.
-/// Guarded by the registry lock, except `keeper_fd` (atomic).
+/// Guarded by the registry lock, except `server_fd` (written by the server).
 #[repr(C)]
+#[derive(Default)]
 pub struct Slot {
-    pub state: u32,
+    pub state: U32,
     /// F_HUGETLB | F_NORESERVE.
-    pub flags: u32,
+    pub flags: U32,
     /// `__key`; 0 after IPC_RMID of an attached segment (S94).
-    pub key: i32,
+    pub key: I32,
     /// Permission bits | SHM_DEST | SHM_LOCKED (S80).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub cuid: u32,
-    pub cgid: u32,
-    pub seq: u32,
-    pub cpid: i32,
-    pub lpid: i32,
+    pub mode: U32,
+    pub uid: U32,
+    pub gid: U32,
+    pub cuid: U32,
+    pub cgid: U32,
+    pub seq: U32,
+    pub cpid: I32,
+    pub lpid: I32,
     /// The uid charged for SHM_LOCK while SHM_LOCKED is set (S108).
-    pub lock_uid: u32,
+    pub lock_uid: U32,
     /// As requested (S25).
-    pub segsz: u64,
-    pub atime: i64,
-    pub dtime: i64,
-    pub ctime: i64,
+    pub segsz: U64,
+    pub atime: I64,
+    pub dtime: I64,
+    pub ctime: I64,
     /// Derived from the records: live attach fragments (S72).
-    pub nattch: u64,
+    pub nattch: U64,
     /// Unique per creation; ties descriptors and records to this incarnation.
-    pub serial: u64,
+    pub serial: U64,
     /// Bytes mapped by shmat: segsz rounded up to the (huge) page size.
-    pub map_len: u64,
+    pub map_len: U64,
     /// ceil(segsz / 4096): what counts against shmall (S25, S47).
-    pub pages: u64,
-    /// Atomic, written by the keeper: (serial as u32) << 32 | keeper's fd number.
-    pub keeper_fd: AtomicU64,
+    pub pages: U64,
+    /// Written by the server: (server_gen as u16) << 48 | (serial as u16) << 32 |
+    /// the server's descriptor number holding this incarnation's memfd.
+    pub server_fd: U64,
     /// Derived: head of this slot's record list.
-    pub rec_head: u32,
+    pub rec_head: U32,
     _pad: u32,
     /// Inode of the memfd: validates every descriptor before it is mapped.
-    pub ino: u64,
+    pub ino: U64,
 }
 
 /// One participating process. Guarded by the registry lock.
 #[repr(C)]
+#[derive(Default)]
 pub struct ProcEntry {
-    /// 0 when free.
-    pub pid: i32,
+    /// 0 when free. Primary data.
+    pub pid: I32,
+    /// Bumped at each claim: a death notice names (entry, gen), so a notice about a
+    /// previous owner never detaches the current one.
+    pub gen: U32,
     /// Derived: head of this process's record list.
-    pub rec_head: u32,
-    _pad: u64,
+    pub rec_head: U32,
+    _pad: u32,
+    /// The process's start time (clock ticks after boot, /proc/PID/stat field 22):
+    /// with the pid it names one process, whatever pids the system reuses.
+    pub start: U64,
 }
 
 /// Attach fragments of one process on one segment. Guarded by the registry lock.
 #[repr(C)]
+#[derive(Default)]
 pub struct Rec {
     /// Proc entry index + 1; 0 = free. Primary data.
-    pub proc_: u32,
-    pub slot: u32,
-    pub serial: u64,
+    pub proc_: U32,
+    pub slot: U32,
+    pub serial: U64,
     /// Number of mapping fragments (S72). Primary data.
-    pub count: u32,
+    pub count: U32,
     /// Derived: next record of the same process (or the free list).
-    pub next_proc: u32,
+    pub next_proc: U32,
     /// Derived: next record of the same slot.
-    pub next_slot: u32,
+    pub next_slot: U32,
     _pad: u32,
 }
 
 impl Slot {
-    /// Records that the keeper holds this incarnation's memfd as its fd `fd`.
-    pub fn set_keeper_fd(&self, serial: u64, fd: RawFd) {
-        self.keeper_fd.store(((serial as u32 as u64) << 32) | fd as u32 as u64, Ordering::Release);
+    /// Records that the server of generation `gen` holds incarnation `serial`'s
+    /// memfd as its descriptor `fd`.
+    pub fn set_server_fd(&self, gen: u64, serial: u64, fd: i32) {
+        self.server_fd.set(((gen & 0xffff) << 48) | ((serial & 0xffff) << 32) | fd as u32 as u64);
     }
 
-    /// The keeper's fd number for incarnation `serial`, if the slot names one.
-    pub fn keeper_fd_of(&self, serial: u64) -> Option<RawFd> {
-        let k = self.keeper_fd.load(Ordering::Acquire);
-        (k != 0 && k >> 32 == serial as u32 as u64).then_some(k as u32 as RawFd)
+    /// The server's descriptor number for incarnation `serial`, if the slot names
+    /// one of server generation `gen`.
+    pub fn server_fd_of(&self, gen: u64, serial: u64) -> Option<i32> {
+        let k = self.server_fd.get();
+        (k != 0 && k >> 48 == gen & 0xffff && (k >> 32) & 0xffff == serial & 0xffff).then_some(k as u32 as i32)
+    }
+
+    pub fn is_used(&self) -> bool {
+        self.state.get() == SLOT_USED
     }
 }
 
-pub const HEADER_SIZE: usize = 4096;
 pub const SLOTS_OFF: usize = HEADER_SIZE;
 pub const INDEX_OFF: usize = SLOTS_OFF + MAX_SLOTS * std::mem::size_of::<Slot>();
 pub const PROCS_OFF: usize = INDEX_OFF + INDEX_SIZE * 4;
@@ -271,11 +294,28 @@ pub fn id_seq(id: i32) -> u32 {
     (id as u32) >> 15
 }
 
+fn key_hash(key: i32) -> usize {
+    ((key as u32).wrapping_mul(0x9E37_79B9) >> 16) as usize & (INDEX_SIZE - 1)
+}
+
 /// Why a registry file was refused.
 #[derive(Debug)]
 pub enum OpenError {
     Io(PathBuf, Errno, &'static str),
     Foreign(PathBuf, String),
+}
+
+impl OpenError {
+    /// The errno a SysV call reports when its namespace cannot be opened: resource
+    /// shortages keep the kernel's errors (the call may work later), anything else
+    /// means "no SysV IPC here".
+    pub fn errno(&self) -> Errno {
+        match self {
+            OpenError::Io(_, Errno(e @ (libc::ENOSPC | libc::ENOMEM | libc::EDQUOT)), _) => Errno(if *e == libc::EDQUOT { libc::ENOSPC } else { *e }),
+            OpenError::Io(_, Errno(libc::EMFILE | libc::ENFILE), _) => Errno(libc::ENFILE),
+            _ => Errno(libc::ENOSYS),
+        }
+    }
 }
 
 impl std::fmt::Display for OpenError {
@@ -301,38 +341,21 @@ pub struct Registry {
     pub path: PathBuf,
     /// The descriptor the mapping came from.
     pub fd: OwnedFd,
-    /// The namespace's `live` file (mode 0666): byte i is locked by proc entry i's
-    /// owner. Also used for F_OFD_GETLK probes.
-    pub live: AtomicI32,
-    /// Inode of the live file, to recognise `live` after a program closed
-    /// descriptors it did not open.
-    pub live_ino: u64,
+    /// False for a read-only mapping (a client of a shared namespace).
+    pub writable: bool,
 }
 
-// SAFETY: the mapping is shared memory designed for concurrent access; all mutation
-// happens under the process-shared mutex or through atomics.
+// SAFETY: the mapping is shared memory designed for concurrent access: every field
+// is an atomic cell, and the mutex is reached through a raw pointer only.
 unsafe impl Send for Registry {}
+// SAFETY: as above.
 unsafe impl Sync for Registry {}
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = sys::munmap(self.base as usize, FILE_SIZE);
-        if let Some(fd) = self.live_fd() {
-            sys::close(fd);
-        }
-    }
-}
-
-fn init_mutex(m: *mut libc::pthread_mutex_t) {
-    // SAFETY: m points to zeroed, exclusively owned memory in a file nobody else has
-    // opened yet (the temporary file before it is linked into place).
-    unsafe {
-        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-        libc::pthread_mutexattr_init(&mut attr);
-        libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
-        libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-        libc::pthread_mutex_init(m, &attr);
-        libc::pthread_mutexattr_destroy(&mut attr);
+        // SAFETY: base maps FILE_SIZE bytes that nothing references once the
+        // registry is dropped (every reference borrows from it).
+        let _ = unsafe { sys::munmap(self.base as usize, FILE_SIZE) };
     }
 }
 
@@ -341,38 +364,42 @@ fn path_c(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
+/// An all-zero slot/entry/record, returned for reads beyond the allocated chunks.
+static EMPTY_SLOT: Slot = Slot::ZERO;
+static EMPTY_PROC: ProcEntry = ProcEntry::ZERO;
+static EMPTY_REC: Rec = Rec::ZERO;
+
+impl Slot {
+    // SAFETY: Slot consists of atomics and integers, for which zero is valid.
+    const ZERO: Slot = unsafe { std::mem::zeroed() };
+}
+impl ProcEntry {
+    // SAFETY: as for Slot.
+    const ZERO: ProcEntry = unsafe { std::mem::zeroed() };
+}
+impl Rec {
+    // SAFETY: as for Slot.
+    const ZERO: Rec = unsafe { std::mem::zeroed() };
+}
+
 impl Registry {
-    /// Opens the registry in `dir`, creating it atomically if absent: the new file is
-    /// built completely under a temporary name and then linked into place, so no
-    /// process ever sees a half-initialised registry.
+    /// Opens the registry in `dir` read-write, creating it atomically if absent:
+    /// the new file is built completely under a temporary name and then linked into
+    /// place, so no process ever sees a half-initialised registry.
     pub fn open_or_create(dir: &Path, limits: Limits, shared: bool) -> Result<Registry, OpenError> {
         let path = dir.join("registry");
         let cpath = path_c(&path);
         for _ in 0..100 {
-            match sys::open(&cpath, libc::O_RDWR, 0) {
-                Ok(fd) => return Self::map_existing(path, fd, open_live(dir)?),
+            match sys::open(&cpath, libc::O_RDWR | libc::O_CLOEXEC, 0) {
+                Ok(fd) => return Self::map_existing(path, fd, true),
                 Err(Errno(libc::ENOENT)) => {}
                 Err(e) => return Err(OpenError::Io(path, e, "open")),
             }
             let tmp = dir.join(format!(".registry.{}.{}", sys::getpid(), sys::gettid()));
             let ctmp = path_c(&tmp);
-            let mode = if shared { 0o666 } else { 0o600 };
-            let fd = sys::open(&ctmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode)
-                .map_err(|e| OpenError::Io(tmp.clone(), e, "create"))?;
-            if shared {
-                // SAFETY: fchmod on our own new descriptor; umask would narrow the mode.
-                unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
-            }
-            let live = open_live(dir)?;
-            let live_ino = sys::fstat(live.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0);
-            let live = AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(live));
-            let built = sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)
-                .and_then(|_| map_fd(&fd))
-                .map(|base| {
-                    let reg = Registry { base, path: tmp.clone(), fd, live, live_ino };
-                    reg.init_header(limits);
-                    reg
-                });
+            let mode = if shared { 0o644 } else { 0o600 };
+            let fd = sys::open(&ctmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode).map_err(|e| OpenError::Io(tmp.clone(), e, "create"))?;
+            let built = Self::build(&fd, limits, shared).and_then(|_| map_fd(&fd, true)).map(|base| Registry { base, path: tmp.clone(), fd, writable: true });
             let reg = match built {
                 Ok(r) => r,
                 Err(e) => {
@@ -380,24 +407,57 @@ impl Registry {
                     return Err(OpenError::Io(tmp, e, "initialise"));
                 }
             };
-            // SAFETY: both paths are NUL-terminated C strings.
-            let linked = unsafe { libc::link(ctmp.as_ptr(), cpath.as_ptr()) };
-            let link_err = Errno::last();
+            let linked = sys::link(&ctmp, &cpath);
             let _ = std::fs::remove_file(&tmp);
-            if linked == 0 {
-                let mut reg = reg;
-                reg.path = path;
-                return Ok(reg);
+            match linked {
+                Ok(()) => {
+                    let mut reg = reg;
+                    reg.path = path;
+                    return Ok(reg);
+                }
+                Err(Errno(libc::EEXIST)) => {} // somebody else won the race: use theirs
+                Err(e) => return Err(OpenError::Io(path, e, "link")),
             }
-            if link_err.0 != libc::EEXIST {
-                return Err(OpenError::Io(path, link_err, "link"));
-            }
-            // Somebody else won the race: use theirs.
         }
         Err(OpenError::Foreign(path, "could not be created or opened".into()))
     }
 
-    fn map_existing(path: PathBuf, fd: OwnedFd, live: OwnedFd) -> Result<Registry, OpenError> {
+    /// Maps an already open registry descriptor (read-only for clients of a shared
+    /// namespace).
+    pub fn from_fd(path: PathBuf, fd: OwnedFd, writable: bool) -> Result<Registry, OpenError> {
+        Self::map_existing(path, fd, writable)
+    }
+
+    /// Writes a new registry's header into `fd` (a file nobody else has opened yet)
+    /// and allocates the header and the key index.
+    fn build(fd: &OwnedFd, limits: Limits, shared: bool) -> SysResult<()> {
+        sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)?;
+        sys::fallocate(fd.as_raw_fd(), 0, HEADER_SIZE as u64)?;
+        sys::fallocate(fd.as_raw_fd(), INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
+        let base = map_fd(fd, true)?;
+        let reg = Registry { base, path: PathBuf::new(), fd: sys::dup(fd.as_raw_fd())?, writable: true };
+        let h = reg.header();
+        h.magic.set(MAGIC);
+        h.version.set(LAYOUT_VERSION);
+        h.slot_size.set(std::mem::size_of::<Slot>() as u32);
+        h.proc_size.set(std::mem::size_of::<ProcEntry>() as u32);
+        h.rec_size.set(std::mem::size_of::<Rec>() as u32);
+        h.file_size.set(FILE_SIZE as u64);
+        h.shared.set(shared as u32);
+        // SAFETY: the mutex lies inside the mapping, in a file no other process has
+        // opened yet, so nobody else can touch it while it is initialised.
+        unsafe { sys::init_robust_mutex(reg.mutex_ptr()) };
+        h.shmmax.set(limits.shmmax);
+        h.shmall.set(limits.shmall);
+        h.shmmni.set(limits.shmmni);
+        h.last_idx.set(-1);
+        h.max_idx.set(-1);
+        h.next_serial.set(1);
+        h.rec_free.set(NIL);
+        Ok(())
+    }
+
+    fn map_existing(path: PathBuf, fd: OwnedFd, writable: bool) -> Result<Registry, OpenError> {
         let st = sys::fstat(fd.as_raw_fd()).map_err(|e| OpenError::Io(path.clone(), e, "fstat"))?;
         if st.st_size as usize != FILE_SIZE {
             let why = if st.st_size < HEADER_SIZE as i64 {
@@ -407,311 +467,170 @@ impl Registry {
             };
             return Err(OpenError::Foreign(path, why));
         }
-        let base = map_fd(&fd).map_err(|e| OpenError::Io(path.clone(), e, "mmap"))?;
-        let live_ino = sys::fstat(live.as_raw_fd()).map(|st| st.st_ino).unwrap_or(0);
-        let live = AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(live));
-        let reg = Registry { base, path, fd, live, live_ino };
+        let base = map_fd(&fd, writable).map_err(|e| OpenError::Io(path.clone(), e, "mmap"))?;
+        let reg = Registry { base, path, fd, writable };
         reg.validate_header()?;
         Ok(reg)
     }
 
     fn validate_header(&self) -> Result<(), OpenError> {
         let h = self.header();
-        if h.magic != MAGIC {
+        if h.magic.get() != MAGIC {
             return Err(OpenError::Foreign(self.path.clone(), "bad magic: not a shmshim registry".into()));
         }
-        if h.version != LAYOUT_VERSION
-            || h.slot_size as usize != std::mem::size_of::<Slot>()
-            || h.proc_size as usize != std::mem::size_of::<ProcEntry>()
-            || h.rec_size as usize != std::mem::size_of::<Rec>()
-            || h.file_size as usize != FILE_SIZE
+        if h.version.get() != LAYOUT_VERSION
+            || h.slot_size.get() as usize != std::mem::size_of::<Slot>()
+            || h.proc_size.get() as usize != std::mem::size_of::<ProcEntry>()
+            || h.rec_size.get() as usize != std::mem::size_of::<Rec>()
+            || h.file_size.get() as usize != FILE_SIZE
         {
             return Err(OpenError::Foreign(
                 self.path.clone(),
-                format!("layout version {} is not supported (this shmshim speaks version {})", h.version, LAYOUT_VERSION),
+                format!("layout version {} is not supported (this shmshim speaks version {})", h.version.get(), LAYOUT_VERSION),
             ));
         }
         Ok(())
     }
 
-    fn init_header(&self, limits: Limits) {
-        let h = self.header_mut();
-        h.magic = MAGIC;
-        h.version = LAYOUT_VERSION;
-        h.slot_size = std::mem::size_of::<Slot>() as u32;
-        h.proc_size = std::mem::size_of::<ProcEntry>() as u32;
-        h.rec_size = std::mem::size_of::<Rec>() as u32;
-        h.file_size = FILE_SIZE as u64;
-        init_mutex(&mut h.mutex);
-        h.shmmax = limits.shmmax;
-        h.shmall = limits.shmall;
-        h.shmmni = limits.shmmni;
-        h.last_idx = -1;
-        h.seq = 0;
-        h.idr_next = 0;
-        h.max_idx = -1;
-        h.next_serial = 1;
-        // Everything else starts empty by being beyond the high-water marks.
-        h.rec_free = NIL;
-    }
-
     pub fn header(&self) -> &Header {
-        // SAFETY: base maps FILE_SIZE bytes; Header fits at offset 0.
+        // SAFETY: base maps FILE_SIZE bytes, suitably aligned (page); Header fits at
+        // offset 0 and consists of atomics (the mutex is private and reached only
+        // through `mutex_ptr`).
         unsafe { &*(self.base as *const Header) }
     }
 
-    #[allow(clippy::mut_from_ref)]
-    fn header_mut(&self) -> &mut Header {
-        // SAFETY: as above; callers hold the registry lock (or own the file exclusively
-        // during creation) for non-atomic fields.
-        unsafe { &mut *(self.base as *mut Header) }
+    fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
+        // SAFETY: the offset of `mutex` lies inside the mapped header; no reference
+        // to it is formed.
+        unsafe { std::ptr::addr_of_mut!((*(self.base as *mut Header)).mutex) }
     }
 
-    /// Unlocked, read-only peek at a slot (used for atomics only).
-    pub fn slot_ref(&self, i: usize) -> &Slot {
-        assert!(i < MAX_SLOTS);
-        // SAFETY: i < MAX_SLOTS keeps the pointer inside the slots region.
+    /// Whether this is a shared (multi-user) namespace's registry.
+    pub fn is_shared(&self) -> bool {
+        self.header().shared.get() != 0
+    }
+
+    fn bound(have: &U32, max: usize) -> usize {
+        (have.get() as usize).min(max)
+    }
+
+    /// Slot `i`; an all-zero (free) slot beyond the allocated chunks.
+    pub fn slot(&self, i: usize) -> &Slot {
+        if i >= Self::bound(&self.header().slots_backed, MAX_SLOTS) {
+            return &EMPTY_SLOT;
+        }
+        // SAFETY: i is below the allocated slots, inside the slots region; Slot is
+        // made of atomics.
         unsafe { &*(self.base.add(SLOTS_OFF) as *const Slot).add(i) }
+    }
+
+    /// Proc entry `i`; an all-zero (free) entry beyond the allocated chunks.
+    pub fn proc_entry(&self, i: usize) -> &ProcEntry {
+        if i >= Self::bound(&self.header().procs_backed, MAX_PROCS) {
+            return &EMPTY_PROC;
+        }
+        // SAFETY: as for `slot`.
+        unsafe { &*(self.base.add(PROCS_OFF) as *const ProcEntry).add(i) }
+    }
+
+    /// Record `i`; an all-zero (free) record beyond the allocated chunks.
+    pub fn rec(&self, i: usize) -> &Rec {
+        if i >= Self::bound(&self.header().recs_backed, MAX_RECS) {
+            return &EMPTY_REC;
+        }
+        // SAFETY: as for `slot`.
+        unsafe { &*(self.base.add(RECS_OFF) as *const Rec).add(i) }
+    }
+
+    fn index(&self, i: usize) -> &U32 {
+        let i = i & (INDEX_SIZE - 1);
+        // SAFETY: i < INDEX_SIZE, inside the key index, which is allocated when the
+        // file is built; U32 is an atomic.
+        unsafe { &*(self.base.add(INDEX_OFF) as *const U32).add(i) }
     }
 
     /// Takes the registry lock, repairing the registry if a holder died.
     pub fn lock(&self) -> RegGuard<'_> {
-        let m = &self.header_mut().mutex as *const _ as *mut libc::pthread_mutex_t;
-        // SAFETY: m is the process-shared robust mutex initialised at creation.
-        let r = unsafe { libc::pthread_mutex_lock(m) };
-        let g = RegGuard { reg: self };
+        assert!(self.writable, "a read-only registry cannot be locked");
+        // SAFETY: the mutex is the process-shared robust mutex built with the file.
+        let r = unsafe { sys::robust_mutex_lock(self.mutex_ptr()) };
+        self.locked(r)
+    }
+
+    /// Takes the lock only if it is free.
+    pub fn try_lock(&self) -> Option<RegGuard<'_>> {
+        if !self.writable {
+            return None;
+        }
+        // SAFETY: as in `lock`.
+        let r = unsafe { sys::robust_mutex_trylock(self.mutex_ptr()) };
+        (r != libc::EBUSY).then(|| self.locked(r))
+    }
+
+    fn locked(&self, r: i32) -> RegGuard<'_> {
+        let h = self.header();
+        let mut g = RegGuard { reg: self };
         if r == libc::EOWNERDEAD {
+            if h.seq.get() % 2 == 0 {
+                h.seq.set(h.seq.get() + 1);
+            }
+            fence(Ordering::Release);
             g.repair();
             // SAFETY: we hold the mutex and have restored every invariant.
-            unsafe { libc::pthread_mutex_consistent(m) };
+            unsafe { sys::robust_mutex_consistent(self.mutex_ptr()) };
+        } else {
+            h.seq.set(h.seq.get() | 1);
+            fence(Ordering::Release);
         }
         g
     }
 
-    /// Takes the lock only if it is free (the keeper uses this: it must never wait
-    /// for a holder that may be waiting for the keeper to drain its socket).
-    pub fn try_lock(&self) -> Option<RegGuard<'_>> {
-        let m = &self.header_mut().mutex as *const _ as *mut libc::pthread_mutex_t;
-        // SAFETY: m is the process-shared robust mutex initialised at creation.
-        let r = unsafe { libc::pthread_mutex_trylock(m) };
-        match r {
-            0 => Some(RegGuard { reg: self }),
-            libc::EOWNERDEAD => {
-                let g = RegGuard { reg: self };
-                g.repair();
-                // SAFETY: we hold the mutex and have restored every invariant.
-                unsafe { libc::pthread_mutex_consistent(m) };
-                Some(g)
+    /// Runs `f` on a consistent snapshot without taking the lock: retried while a
+    /// writer is active or was active meanwhile. `f` must tolerate torn data (all
+    /// walks here are bounded). Gives up with EAGAIN after about a second of
+    /// continuous writing (a writer stopped in the middle of an update).
+    pub fn read<T>(&self, mut f: impl FnMut(&Registry) -> T) -> SysResult<T> {
+        let seq = self.header().seq.atomic();
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let s1 = seq.load(Ordering::Acquire);
+            if s1 % 2 == 0 {
+                let v = f(self);
+                fence(Ordering::Acquire);
+                if seq.load(Ordering::Relaxed) == s1 {
+                    return Ok(v);
+                }
             }
-            _ => None,
+            spins += 1;
+            if spins % 64 == 0 {
+                if start.elapsed() > std::time::Duration::from_secs(1) {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
         }
     }
 
-    /// Sets limits (from environment overrides): like writing the sysctls.
-    pub fn set_limits(&self, shmmax: Option<u64>, shmall: Option<u64>, shmmni: Option<u64>) {
-        let g = self.lock();
-        let h = g.reg.header_mut();
-        if let Some(v) = shmmax {
-            h.shmmax = v;
-        }
-        if let Some(v) = shmall {
-            h.shmall = v;
-        }
-        if let Some(v) = shmmni {
-            h.shmmni = v.min(MAX_SLOTS as u64);
-        }
-    }
-
-    /// Our descriptor of the live file. A program that closes descriptors it did
-    /// not open may take it away; it is then reopened by path (or, if that is
-    /// impossible, `None`).
-    pub fn live_fd(&self) -> Option<RawFd> {
-        let fd = self.live.load(Ordering::Acquire);
-        if matches!(sys::fstat(fd), Ok(st) if st.st_ino == self.live_ino) {
-            return Some(fd);
-        }
-        let p = self.path.with_file_name("live");
-        let new = sys::open(&path_c(&p), libc::O_RDWR, 0).ok()?;
-        if sys::fstat(new.as_raw_fd()).map(|st| st.st_ino != self.live_ino).unwrap_or(true) {
-            return None;
-        }
-        let new = std::os::fd::IntoRawFd::into_raw_fd(crate::process::high_fd(new));
-        // The old number is not closed: it may be the program's now.
-        self.live.store(new, Ordering::Release);
-        Some(new)
-    }
-
-    /// Liveness probe: does someone hold proc entry `i`'s OFD lock? A "no" is
-    /// believed only through a descriptor known to be the live file; when none can
-    /// be had, nobody is declared dead.
-    pub fn proc_alive(&self, i: usize) -> bool {
-        if sys::ofd_is_locked(self.live.load(Ordering::Acquire), LIVE_BASE + i as u64) {
-            return true;
-        }
-        match self.live_fd() {
-            Some(fd) => sys::ofd_is_locked(fd, LIVE_BASE + i as u64),
-            None => true,
-        }
-    }
-}
-
-/// Opens (creating) the namespace's liveness file, mode 0666 so processes that drop
-/// to another uid can still reopen it through /proc/self/fd.
-fn open_live(dir: &Path) -> Result<OwnedFd, OpenError> {
-    let p = dir.join("live");
-    let fd = sys::open(&path_c(&p), libc::O_RDWR | libc::O_CREAT, 0o666).map_err(|e| OpenError::Io(p, e, "open"))?;
-    // SAFETY: fchmod on our own descriptor (umask narrowed the creation mode).
-    unsafe { libc::fchmod(fd.as_raw_fd(), 0o666) };
-    Ok(fd)
-}
-
-fn map_fd(fd: &OwnedFd) -> SysResult<*mut u8> {
-    sys::mmap(0, FILE_SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
-        .map(|a| a as *mut u8)
-}
-
-/// Proof of holding the registry lock; all mutation goes through it.
-pub struct RegGuard<'a> {
-    pub reg: &'a Registry,
-}
-
-impl Drop for RegGuard<'_> {
-    fn drop(&mut self) {
-        let m = &self.reg.header_mut().mutex as *const _ as *mut libc::pthread_mutex_t;
-        // SAFETY: this guard exists only while we hold the mutex.
-        unsafe { libc::pthread_mutex_unlock(m) };
-    }
-}
-
-fn key_hash(key: i32) -> usize {
-    ((key as u32).wrapping_mul(0x9E37_79B9) >> 16) as usize & (INDEX_SIZE - 1)
-}
-
-impl<'a> RegGuard<'a> {
-    #[allow(clippy::mut_from_ref)]
-    pub fn hdr(&self) -> &mut Header {
-        self.reg.header_mut()
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    pub fn slot(&self, i: usize) -> &mut Slot {
-        assert!(i < MAX_SLOTS);
-        // SAFETY: bounds checked; the lock serialises access.
-        unsafe { &mut *(self.reg.base.add(SLOTS_OFF) as *mut Slot).add(i) }
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn index(&self, i: usize) -> &mut u32 {
-        assert!(i < INDEX_SIZE);
-        // SAFETY: bounds checked; the lock serialises access.
-        unsafe { &mut *(self.reg.base.add(INDEX_OFF) as *mut u32).add(i) }
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    pub fn proc_entry(&self, i: usize) -> &mut ProcEntry {
-        assert!(i < MAX_PROCS);
-        // SAFETY: bounds checked; the lock serialises access.
-        unsafe { &mut *(self.reg.base.add(PROCS_OFF) as *mut ProcEntry).add(i) }
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    pub fn rec(&self, i: usize) -> &mut Rec {
-        assert!(i < MAX_RECS);
-        // SAFETY: bounds checked; the lock serialises access.
-        unsafe { &mut *(self.reg.base.add(RECS_OFF) as *mut Rec).add(i) }
-    }
-
-    // ------------------------------------------------------------- key index
+    // ------------------------------------------------------------- lookups
 
     /// O(1) lookup of a live (non-DEST) segment by key. Key 0 is never indexed (S18).
     pub fn find_key(&self, key: i32) -> Option<usize> {
         let mut h = key_hash(key);
         for _ in 0..INDEX_SIZE {
-            let v = *self.index(h);
+            let v = self.index(h).get();
             if v == 0 {
                 return None;
             }
             let s = (v - 1) as usize;
-            if s < MAX_SLOTS {
-                let sl = self.slot(s);
-                if sl.state == SLOT_USED && sl.key == key && sl.mode & SHM_DEST == 0 {
-                    return Some(s);
-                }
+            let sl = self.slot(s);
+            if sl.is_used() && sl.key.get() == key && sl.mode.get() & SHM_DEST == 0 {
+                return Some(s);
             }
             h = (h + 1) & (INDEX_SIZE - 1);
         }
         None
-    }
-
-    pub fn index_insert(&self, key: i32, slot: usize) {
-        let mut h = key_hash(key);
-        for _ in 0..INDEX_SIZE {
-            if *self.index(h) == 0 {
-                *self.index(h) = slot as u32 + 1;
-                return;
-            }
-            h = (h + 1) & (INDEX_SIZE - 1);
-        }
-    }
-
-    /// Removes `slot` from the index (backward-shift deletion keeps probes short).
-    pub fn index_remove(&self, key: i32, slot: usize) {
-        let mut h = key_hash(key);
-        let mut found = false;
-        for _ in 0..INDEX_SIZE {
-            let v = *self.index(h);
-            if v == 0 {
-                return;
-            }
-            if v == slot as u32 + 1 {
-                found = true;
-                break;
-            }
-            h = (h + 1) & (INDEX_SIZE - 1);
-        }
-        if !found {
-            return;
-        }
-        let mut hole = h;
-        let mut j = h;
-        for _ in 0..INDEX_SIZE {
-            j = (j + 1) & (INDEX_SIZE - 1);
-            let v = *self.index(j);
-            if v == 0 || (v - 1) as usize >= MAX_SLOTS {
-                break;
-            }
-            let home = key_hash(self.slot((v - 1) as usize).key);
-            // Can the entry at j move into the hole? Only if its home is not in (hole, j].
-            let dist_hole = hole.wrapping_sub(home) & (INDEX_SIZE - 1);
-            let dist_j = j.wrapping_sub(home) & (INDEX_SIZE - 1);
-            if dist_hole < dist_j {
-                *self.index(hole) = v;
-                hole = j;
-            }
-        }
-        *self.index(hole) = 0;
-    }
-
-    // ------------------------------------------------------------- ids
-
-    /// Allocates an index like the kernel's ipc_idr_alloc (S10, S11) and returns
-    /// (idx, seq). The caller has checked in_use < shmmni.
-    pub fn alloc_idx(&self) -> Option<(usize, u32)> {
-        let h = self.hdr();
-        let window = (h.in_use * 3 / 2).max(IPC_MIN_CYCLE).min(MAX_SLOTS as u32) as usize;
-        let free_from = |start: usize| (start..window).find(|&i| self.slot(i).state == SLOT_FREE);
-        let start = h.idr_next as usize;
-        let idx = free_from(start).or_else(|| if start > 0 { free_from(0) } else { None })?;
-        h.idr_next = idx as u32 + 1;
-        h.slot_hwm = h.slot_hwm.max(idx as u32 + 1);
-        if idx as i32 <= h.last_idx {
-            h.seq += 1;
-            if h.seq >= SEQ_MAX {
-                h.seq = 0;
-            }
-        }
-        h.last_idx = idx as i32;
-        Some((idx, h.seq))
     }
 
     /// Resolves an id to its slot, checking idx and seq (S13, S14).
@@ -721,14 +640,8 @@ impl<'a> RegGuard<'a> {
         }
         let idx = id_idx(id);
         let s = self.slot(idx);
-        if s.state == SLOT_USED && s.seq == id_seq(id) {
-            Some(idx)
-        } else {
-            None
-        }
+        (s.is_used() && s.seq.get() == id_seq(id)).then_some(idx)
     }
-
-    // ------------------------------------------------------------- records
 
     /// Walks a record list from `head`, following `next`; bounded, so a list
     /// scribbled into a cycle or out of range ends the walk instead of hanging.
@@ -748,298 +661,515 @@ impl<'a> RegGuard<'a> {
 
     /// The records of process entry `p`.
     pub fn proc_recs(&self, p: usize) -> impl Iterator<Item = u32> + '_ {
-        self.walk(self.proc_entry(p).rec_head, |r| r.next_proc)
+        self.walk(self.proc_entry(p).rec_head.get(), |r| r.next_proc.get())
     }
 
     /// The records of `slot`.
     pub fn slot_recs(&self, slot: usize) -> impl Iterator<Item = u32> + '_ {
-        self.walk(self.slot(slot).rec_head, |r| r.next_slot)
+        self.walk(self.slot(slot).rec_head.get(), |r| r.next_slot.get())
     }
 
-    /// Process `p`'s record for the current incarnation of `slot`.
-    fn find_rec(&self, p: usize, slot: usize) -> Option<u32> {
-        let serial = self.slot(slot).serial;
-        self.proc_recs(p).find(|&r| {
-            let rec = self.rec(r as usize);
-            rec.slot as usize == slot && rec.serial == serial
-        })
+    pub fn slot_hwm(&self) -> usize {
+        Self::bound(&self.header().slot_hwm, MAX_SLOTS).min(Self::bound(&self.header().slots_backed, MAX_SLOTS))
     }
 
-    /// Adds `n` fragments of `slot` to process entry `p`.
-    pub fn rec_add(&self, p: usize, slot: usize, n: u32) -> SysResult<()> {
-        if let Some(r) = self.find_rec(p, slot) {
-            self.rec(r as usize).count += n;
-            self.slot(slot).nattch += n as u64;
-            return Ok(());
-        }
-        let serial = self.slot(slot).serial;
-        let h = self.hdr();
-        let r = if h.rec_free != NIL && (h.rec_free as usize) < MAX_RECS {
-            let r = h.rec_free;
-            h.rec_free = self.rec(r as usize).next_proc;
-            r
-        } else if (h.rec_hwm as usize) < MAX_RECS {
-            h.rec_hwm += 1;
-            h.rec_hwm - 1
-        } else {
-            return Err(Errno(libc::ENOMEM));
-        };
-        let rec = self.rec(r as usize);
-        rec.slot = slot as u32;
-        rec.serial = serial;
-        rec.count = n;
-        rec.next_proc = self.proc_entry(p).rec_head;
-        rec.next_slot = self.slot(slot).rec_head;
-        rec.proc_ = p as u32 + 1; // primary: the record counts from here on
-        self.proc_entry(p).rec_head = r;
-        self.slot(slot).rec_head = r;
-        self.slot(slot).nattch += n as u64;
-        Ok(())
+    pub fn proc_hwm(&self) -> usize {
+        Self::bound(&self.header().proc_hwm, MAX_PROCS).min(Self::bound(&self.header().procs_backed, MAX_PROCS))
     }
 
-    /// Removes `n` fragments of `slot` from process entry `p`.
-    pub fn rec_sub(&self, p: usize, slot: usize, n: u32) {
-        if let Some(r) = self.find_rec(p, slot) {
-            let rec = self.rec(r as usize);
-            let n = n.min(rec.count);
-            rec.count -= n;
-            self.slot(slot).nattch -= n as u64;
-            if rec.count == 0 {
-                self.rec_free(r);
-            }
-        }
+    fn rec_hwm(&self) -> usize {
+        Self::bound(&self.header().rec_hwm, MAX_RECS).min(Self::bound(&self.header().recs_backed, MAX_RECS))
     }
 
-    /// Unlinks record `r` from both lists and frees it.
-    fn rec_free(&self, r: u32) {
-        let rec = self.rec(r as usize);
-        let p = rec.proc_ as usize - 1;
-        let slot = rec.slot as usize;
-        rec.proc_ = 0; // primary: the record no longer counts
-        unlink(&mut self.proc_entry(p).rec_head, r, |x| &mut self.rec(x as usize).next_proc);
-        unlink(&mut self.slot(slot).rec_head, r, |x| &mut self.rec(x as usize).next_slot);
-        let h = self.hdr();
-        self.rec(r as usize).next_proc = h.rec_free;
-        h.rec_free = r;
-    }
-
-    /// Drops every record of process entry `p` (it died or exec'd): each of its
-    /// fragments is detached as exit would (S120–S123). Returns the slots touched.
-    pub fn reap_proc(&self, p: usize, now: i64) -> Vec<usize> {
-        let pid = self.proc_entry(p).pid;
-        let mut touched = Vec::new();
-        let mut steps = 0;
-        while self.proc_entry(p).rec_head != NIL && steps <= MAX_RECS {
-            steps += 1;
-            let r = self.proc_entry(p).rec_head;
-            if r as usize >= MAX_RECS || self.rec(r as usize).proc_ as usize != p + 1 {
-                // A list that does not hold up: rebuild it from the records.
-                self.rebuild_lists();
-                continue;
-            }
-            let rec = self.rec(r as usize);
-            let slot = rec.slot as usize;
-            let n = rec.count;
-            let s = self.slot(slot);
-            s.nattch -= (n as u64).min(s.nattch);
-            s.dtime = now;
-            s.lpid = pid;
-            self.rec_free(r);
-            touched.push(slot);
-        }
-        self.proc_entry(p).pid = 0;
-        touched
-    }
-
-    /// Procs holding records on `slot`, other than `me`.
-    pub fn slot_holders(&self, slot: usize, me: Option<usize>) -> Vec<usize> {
-        let mut out = Vec::new();
-        for r in self.slot_recs(slot) {
-            let rec = self.rec(r as usize);
-            if rec.proc_ == 0 || rec.proc_ as usize > MAX_PROCS {
-                break;
-            }
-            let p = rec.proc_ as usize - 1;
-            if Some(p) != me && !out.contains(&p) {
-                out.push(p);
-            }
-        }
-        out
-    }
-
-    /// Every proc entry in use, other than `me`.
-    pub fn all_procs(&self, me: Option<usize>) -> Vec<usize> {
-        (0..self.proc_hwm()).filter(|&p| Some(p) != me && (self.proc_entry(p).pid != 0 || self.proc_entry(p).rec_head != NIL)).collect()
-    }
-
-    fn proc_hwm(&self) -> usize {
-        (self.hdr().proc_hwm as usize).min(MAX_PROCS)
-    }
-
-    /// Makes entries up to `p` valid (empty) before first use.
-    pub fn open_proc_entry(&self, p: usize) {
-        let h = self.hdr();
-        while (h.proc_hwm as usize) <= p && (h.proc_hwm as usize) < MAX_PROCS {
-            let e = self.proc_entry(h.proc_hwm as usize);
-            e.pid = 0;
-            e.rec_head = NIL;
-            h.proc_hwm += 1;
-        }
-    }
-
-    // ------------------------------------------------------------- repair
-
-    /// Rebuilds every derived structure from primary data. Idempotent, so a holder
-    /// that dies while repairing is repaired after in turn.
-    pub fn repair(&self) {
-        for i in 0..self.slot_hwm() {
-            let s = self.slot(i);
-            if s.state != SLOT_USED {
-                s.state = SLOT_FREE;
-            }
-        }
-        self.rebuild_lists();
-        // A holder killed between the last detach of a removed segment and its
-        // destruction (S75) leaves it SHM_DEST with nattch 0: finish the job.
-        let h = self.hdr();
-        for i in 0..self.slot_hwm() {
-            let s = self.slot(i);
-            if s.state == SLOT_USED && s.mode & SHM_DEST != 0 && s.nattch == 0 {
-                s.state = SLOT_FREE;
-                self.record_destroyed(s.serial);
-            }
-        }
-        for i in 0..INDEX_SIZE {
-            // Only non-empty buckets are written: pages never used stay holes.
-            if *self.index(i) != 0 {
-                *self.index(i) = 0;
-            }
-        }
-        h.in_use = 0;
-        h.shm_tot = 0;
-        h.max_idx = -1;
-        for i in 0..self.slot_hwm() {
-            let s = self.slot(i);
-            if s.state != SLOT_USED {
-                continue;
-            }
-            h.in_use += 1;
-            h.shm_tot += s.pages;
-            h.max_idx = i as i32;
-            if s.key != 0 && s.mode & SHM_DEST == 0 {
-                self.index_insert(s.key, i);
-            }
-        }
-    }
-
-    /// Rebuilds record lists, the free list and every nattch from the records.
-    fn rebuild_lists(&self) {
-        for i in 0..self.slot_hwm() {
-            let s = self.slot(i);
-            s.rec_head = NIL;
-            s.nattch = 0;
-        }
-        for p in 0..self.proc_hwm() {
-            self.proc_entry(p).rec_head = NIL;
-        }
-        let h = self.hdr();
-        h.rec_free = NIL;
-        h.rec_hwm = h.rec_hwm.min(MAX_RECS as u32);
-        for r in (0..h.rec_hwm as usize).rev() {
-            let rec = self.rec(r);
-            let valid = rec.proc_ != 0
-                && (rec.proc_ as usize) <= self.proc_hwm()
-                && (rec.slot as usize) < self.slot_hwm()
-                && rec.count > 0
-                && self.slot(rec.slot as usize).state == SLOT_USED
-                && self.slot(rec.slot as usize).serial == rec.serial;
-            if !valid {
-                rec.proc_ = 0;
-                rec.next_proc = h.rec_free;
-                h.rec_free = r as u32;
-                continue;
-            }
-            let p = rec.proc_ as usize - 1;
-            let s = rec.slot as usize;
-            rec.next_proc = self.proc_entry(p).rec_head;
-            self.proc_entry(p).rec_head = r as u32;
-            rec.next_slot = self.slot(s).rec_head;
-            self.slot(s).rec_head = r as u32;
-            self.slot(s).nattch += rec.count as u64;
-        }
-    }
-
-    fn slot_hwm(&self) -> usize {
-        (self.hdr().slot_hwm as usize).min(MAX_SLOTS)
-    }
-
-    /// Appends a destroyed segment to the header's ring and bumps destroy_epoch,
-    /// so processes and the keeper drop their descriptors of it.
-    pub fn record_destroyed(&self, serial: u64) {
-        let h = self.hdr();
-        let e = h.destroy_epoch.load(Ordering::Acquire);
-        h.destroyed[e as usize % DESTROYED_RING].store(serial, Ordering::Release);
-        h.destroy_epoch.store(e + 1, Ordering::Release);
-    }
-
-    /// Recomputes max_idx after a slot was freed.
-    pub fn recompute_max_idx(&self) {
-        let h = self.hdr();
-        let mut m = h.max_idx;
-        while m >= 0 && self.slot(m as usize).state != SLOT_USED {
-            m -= 1;
-        }
-        h.max_idx = m;
+    /// Proc entries in use.
+    pub fn used_procs(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.proc_hwm()).filter(|&p| self.proc_entry(p).pid.get() != 0)
     }
 
     /// Checks every invariant; used by tests and `shmshim check`.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let h = self.hdr();
+        let h = self.header();
         let mut in_use = 0;
         let mut tot = 0;
         let mut max = -1;
         for i in 0..self.slot_hwm() {
             let s = self.slot(i);
-            if s.state == SLOT_USED {
-                in_use += 1;
-                tot += s.pages;
-                max = i as i32;
-                if s.key != 0 && s.mode & SHM_DEST == 0 && self.find_key(s.key) != Some(i) {
-                    return Err(format!("slot {i}: key {} not indexed", s.key));
-                }
-                let n: u64 = self.slot_recs(i).map(|r| self.rec(r as usize).count as u64).sum();
-                if n != s.nattch {
-                    return Err(format!("slot {i}: nattch {} but records say {n}", s.nattch));
-                }
-                if s.mode & SHM_DEST != 0 && s.nattch == 0 {
-                    return Err(format!("slot {i}: removed (SHM_DEST) with nattch 0 but not destroyed"));
-                }
+            if !s.is_used() {
+                continue;
+            }
+            in_use += 1;
+            tot += s.pages.get();
+            max = i as i32;
+            let key = s.key.get();
+            if key != 0 && s.mode.get() & SHM_DEST == 0 && self.find_key(key) != Some(i) {
+                return Err(format!("slot {i}: key {key} not indexed"));
+            }
+            let n: u64 = self.slot_recs(i).map(|r| self.rec(r as usize).count.get() as u64).sum();
+            if n != s.nattch.get() {
+                return Err(format!("slot {i}: nattch {} but records say {n}", s.nattch.get()));
+            }
+            if s.mode.get() & SHM_DEST != 0 && s.nattch.get() == 0 {
+                return Err(format!("slot {i}: removed (SHM_DEST) with nattch 0 but not destroyed"));
             }
         }
-        if in_use != h.in_use || tot != h.shm_tot || max != h.max_idx {
+        for r in 0..self.rec_hwm() {
+            let rec = self.rec(r);
+            let p = rec.proc_.get();
+            if p != 0 && self.proc_entry(p as usize - 1).pid.get() == 0 {
+                return Err(format!("record {r}: belongs to free proc entry {}", p - 1));
+            }
+        }
+        if in_use != h.in_use.get() || tot != h.shm_tot.get() || max != h.max_idx.get() {
             return Err(format!(
                 "counters: in_use {}/{in_use} shm_tot {}/{tot} max_idx {}/{max}",
-                h.in_use, h.shm_tot, h.max_idx
+                h.in_use.get(),
+                h.shm_tot.get(),
+                h.max_idx.get()
             ));
         }
         Ok(())
     }
 }
 
-fn unlink(head: &mut u32, r: u32, next: impl Fn(u32) -> *mut u32) {
-    let mut cur: *mut u32 = head;
-    // SAFETY: every pointer comes from `next`, which points into the records region
-    // of the mapping, or is `head` itself; the lock serialises access.
-    unsafe {
+fn map_fd(fd: &OwnedFd, writable: bool) -> SysResult<*mut u8> {
+    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+    // SAFETY: a new shared mapping at an address the kernel chooses: it replaces
+    // nothing.
+    unsafe { sys::mmap(0, FILE_SIZE, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) }.map(|a| a as *mut u8)
+}
+
+/// Proof of holding the registry lock; all mutation goes through it.
+pub struct RegGuard<'a> {
+    pub reg: &'a Registry,
+}
+
+impl Drop for RegGuard<'_> {
+    fn drop(&mut self) {
+        let seq = &self.reg.header().seq;
+        // Even again: readers may trust what they read from here on.
+        seq.atomic().store(seq.get().wrapping_add(1), Ordering::Release);
+        // SAFETY: this guard exists only while we hold the mutex.
+        unsafe { sys::robust_mutex_unlock(self.reg.mutex_ptr()) };
+    }
+}
+
+impl<'a> std::ops::Deref for RegGuard<'a> {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        self.reg
+    }
+}
+
+/// The file offset and element size of each growable region.
+#[derive(Clone, Copy)]
+enum Region {
+    Slots,
+    Procs,
+    Recs,
+}
+
+impl Region {
+    fn layout(self) -> (usize, usize, usize) {
+        match self {
+            Region::Slots => (SLOTS_OFF, std::mem::size_of::<Slot>(), MAX_SLOTS),
+            Region::Procs => (PROCS_OFF, std::mem::size_of::<ProcEntry>(), MAX_PROCS),
+            Region::Recs => (RECS_OFF, std::mem::size_of::<Rec>(), MAX_RECS),
+        }
+    }
+}
+
+impl<'a> RegGuard<'a> {
+    // The accessors borrow from the mapping ('a), not from the guard: they are
+    // references to atomics, which may coexist with the guard's `&mut self` methods.
+
+    pub fn hdr(&self) -> &'a Header {
+        self.reg.header()
+    }
+
+    pub fn slot(&self, i: usize) -> &'a Slot {
+        self.reg.slot(i)
+    }
+
+    pub fn proc_entry(&self, i: usize) -> &'a ProcEntry {
+        self.reg.proc_entry(i)
+    }
+
+    pub fn rec(&self, i: usize) -> &'a Rec {
+        self.reg.rec(i)
+    }
+
+    /// Makes sure entries `0..=i` of `region` are allocated on the filesystem before
+    /// they are touched (ENOSPC if the filesystem has no room).
+    fn back(&mut self, region: Region, i: usize) -> SysResult<()> {
+        let h = self.hdr();
+        let have = match region {
+            Region::Slots => &h.slots_backed,
+            Region::Procs => &h.procs_backed,
+            Region::Recs => &h.recs_backed,
+        };
+        if i < have.get() as usize {
+            return Ok(());
+        }
+        let (off, size, max) = region.layout();
+        let from = off + have.get() as usize * size;
+        let to = (off + (i + 1) * size).div_ceil(CHUNK) * CHUNK;
+        let to = to.min(off + max * size);
+        sys::fallocate(self.reg.fd.as_raw_fd(), from as u64, (to - from) as u64).map_err(|e| match e.0 {
+            libc::EOPNOTSUPP => Errno(libc::ENOSPC),
+            libc::EDQUOT => Errno(libc::ENOSPC),
+            _ => e,
+        })?;
+        // Entries that now lie entirely inside the allocated bytes; a partial one at
+        // the end stays beyond the bound until the next chunk.
+        have.set((((to - off) / size).min(max)) as u32);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- key index
+
+    pub fn index_insert(&mut self, key: i32, slot: usize) {
+        let mut h = key_hash(key);
+        for _ in 0..INDEX_SIZE {
+            if self.index(h).get() == 0 {
+                self.index(h).set(slot as u32 + 1);
+                return;
+            }
+            h = (h + 1) & (INDEX_SIZE - 1);
+        }
+    }
+
+    /// Removes `slot` from the index (backward-shift deletion keeps probes short).
+    pub fn index_remove(&mut self, key: i32, slot: usize) {
+        let mut h = key_hash(key);
+        let mut found = false;
+        for _ in 0..INDEX_SIZE {
+            let v = self.index(h).get();
+            if v == 0 {
+                return;
+            }
+            if v == slot as u32 + 1 {
+                found = true;
+                break;
+            }
+            h = (h + 1) & (INDEX_SIZE - 1);
+        }
+        if !found {
+            return;
+        }
+        let mut hole = h;
+        let mut j = h;
+        for _ in 0..INDEX_SIZE {
+            j = (j + 1) & (INDEX_SIZE - 1);
+            let v = self.index(j).get();
+            if v == 0 || (v - 1) as usize >= MAX_SLOTS {
+                break;
+            }
+            let home = key_hash(self.slot((v - 1) as usize).key.get());
+            // Can the entry at j move into the hole? Only if its home is not in (hole, j].
+            let dist_hole = hole.wrapping_sub(home) & (INDEX_SIZE - 1);
+            let dist_j = j.wrapping_sub(home) & (INDEX_SIZE - 1);
+            if dist_hole < dist_j {
+                self.index(hole).set(v);
+                hole = j;
+            }
+        }
+        self.index(hole).set(0);
+    }
+
+    // ------------------------------------------------------------- ids
+
+    /// Allocates an index like the kernel's ipc_idr_alloc (S10, S11) and returns
+    /// (idx, seq); its slot is allocated on the filesystem. The caller has checked
+    /// in_use < shmmni.
+    pub fn alloc_idx(&mut self) -> SysResult<(usize, u32)> {
+        let h = self.hdr();
+        let window = (h.in_use.get() * 3 / 2).max(IPC_MIN_CYCLE).min(MAX_SLOTS as u32) as usize;
+        let free_from = |start: usize| (start..window).find(|&i| !self.slot(i).is_used());
+        let start = h.idr_next.get() as usize;
+        let idx = free_from(start).or_else(|| if start > 0 { free_from(0) } else { None }).ok_or(Errno(libc::ENOSPC))?;
+        self.back(Region::Slots, idx)?;
+        h.idr_next.set(idx as u32 + 1);
+        h.slot_hwm.set(h.slot_hwm.get().max(idx as u32 + 1));
+        if idx as i32 <= h.last_idx.get() {
+            let mut seq = h.idr_seq.get() + 1;
+            if seq >= SEQ_MAX {
+                seq = 0;
+            }
+            h.idr_seq.set(seq);
+        }
+        h.last_idx.set(idx as i32);
+        Ok((idx, h.idr_seq.get()))
+    }
+
+    // ------------------------------------------------------------- records
+
+    /// Process `p`'s record for the current incarnation of `slot`.
+    fn find_rec(&self, p: usize, slot: usize) -> Option<u32> {
+        let serial = self.slot(slot).serial.get();
+        self.proc_recs(p).find(|&r| {
+            let rec = self.rec(r as usize);
+            rec.slot.get() as usize == slot && rec.serial.get() == serial
+        })
+    }
+
+    /// Adds `n` fragments of `slot` to process entry `p` (ENOMEM when the record
+    /// table is full, ENOSPC when the filesystem is).
+    pub fn rec_add(&mut self, p: usize, slot: usize, n: u32) -> SysResult<()> {
+        if let Some(r) = self.find_rec(p, slot) {
+            self.rec(r as usize).count.add(n);
+            self.slot(slot).nattch.add(n as u64);
+            return Ok(());
+        }
+        let serial = self.slot(slot).serial.get();
+        let h = self.hdr();
+        let free = h.rec_free.get();
+        let r = if free != NIL && (free as usize) < self.rec_hwm() {
+            h.rec_free.set(self.rec(free as usize).next_proc.get());
+            free
+        } else if (h.rec_hwm.get() as usize) < MAX_RECS {
+            let r = h.rec_hwm.get();
+            self.back(Region::Recs, r as usize)?;
+            h.rec_hwm.set(r + 1);
+            r
+        } else {
+            return Err(Errno(libc::ENOMEM));
+        };
+        let rec = self.rec(r as usize);
+        rec.slot.set(slot as u32);
+        rec.serial.set(serial);
+        rec.count.set(n);
+        rec.next_proc.set(self.proc_entry(p).rec_head.get());
+        rec.next_slot.set(self.slot(slot).rec_head.get());
+        rec.proc_.set(p as u32 + 1); // primary: the record counts from here on
+        self.proc_entry(p).rec_head.set(r);
+        self.slot(slot).rec_head.set(r);
+        self.slot(slot).nattch.add(n as u64);
+        Ok(())
+    }
+
+    /// Removes `n` fragments of `slot` from process entry `p`.
+    pub fn rec_sub(&mut self, p: usize, slot: usize, n: u32) {
+        if let Some(r) = self.find_rec(p, slot) {
+            let rec = self.rec(r as usize);
+            let n = n.min(rec.count.get());
+            rec.count.sub(n);
+            self.slot(slot).nattch.sub(n as u64);
+            if rec.count.get() == 0 {
+                self.rec_free(r);
+            }
+        }
+    }
+
+    /// The number of fragments entry `p` has of `slot`'s current incarnation.
+    pub fn rec_count(&self, p: usize, slot: usize) -> u32 {
+        self.find_rec(p, slot).map(|r| self.rec(r as usize).count.get()).unwrap_or(0)
+    }
+
+    /// Unlinks record `r` from both lists and frees it.
+    fn rec_free(&mut self, r: u32) {
+        let rec = self.rec(r as usize);
+        let p = rec.proc_.get() as usize - 1;
+        let slot = rec.slot.get() as usize;
+        rec.proc_.set(0); // primary: the record no longer counts
+        self.unlink(&self.proc_entry(p).rec_head, r, |x| &x.next_proc);
+        self.unlink(&self.slot(slot).rec_head, r, |x| &x.next_slot);
+        let h = self.hdr();
+        self.rec(r as usize).next_proc.set(h.rec_free.get());
+        h.rec_free.set(r);
+    }
+
+    fn unlink(&self, head: &U32, r: u32, next: fn(&Rec) -> &U32) {
+        let mut cur = head;
         for _ in 0..MAX_RECS {
-            if *cur == NIL || *cur as usize >= MAX_RECS {
+            let v = cur.get();
+            if v == NIL || v as usize >= MAX_RECS {
                 return;
             }
-            if *cur == r {
-                *cur = *next(r);
+            if v == r {
+                cur.set(next(self.rec(r as usize)).get());
                 return;
             }
-            cur = next(*cur);
+            cur = next(self.rec(v as usize));
+        }
+    }
+
+    /// Drops every record of process entry `p` (it died or exec'd) and frees the
+    /// entry: each fragment is detached as exit would (S120–S123). Returns the slots
+    /// touched.
+    pub fn reap_proc(&mut self, p: usize, now: i64) -> Vec<usize> {
+        let pid = self.proc_entry(p).pid.get();
+        let mut touched = Vec::new();
+        let mut steps = 0;
+        while self.proc_entry(p).rec_head.get() != NIL && steps <= MAX_RECS {
+            steps += 1;
+            let r = self.proc_entry(p).rec_head.get();
+            if r as usize >= self.rec_hwm() || self.rec(r as usize).proc_.get() as usize != p + 1 {
+                // A list that does not hold up: rebuild it from the records.
+                self.rebuild_lists();
+                continue;
+            }
+            let rec = self.rec(r as usize);
+            let slot = rec.slot.get() as usize;
+            let s = self.slot(slot);
+            s.nattch.set(s.nattch.get().saturating_sub(rec.count.get() as u64));
+            s.dtime.set(now);
+            s.lpid.set(pid);
+            self.rec_free(r);
+            touched.push(slot);
+        }
+        self.proc_entry(p).pid.set(0);
+        self.proc_entry(p).rec_head.set(NIL);
+        touched
+    }
+
+    /// Claims a free proc entry for process `pid` (started at `start`) and returns
+    /// (entry, gen). ENOSPC when the table or the filesystem is full.
+    pub fn claim_proc(&mut self, pid: i32, start: u64) -> SysResult<(usize, u32)> {
+        let h = self.hdr();
+        let hwm = self.proc_hwm();
+        let hint = h.proc_hint.get() as usize;
+        let found = (0..hwm).map(|k| (hint + k) % hwm.max(1)).find(|&p| p < hwm && self.proc_entry(p).pid.get() == 0);
+        let p = match found {
+            Some(p) => p,
+            None if (h.proc_hwm.get() as usize) < MAX_PROCS => {
+                let p = h.proc_hwm.get() as usize;
+                self.back(Region::Procs, p)?;
+                let e = self.proc_entry(p);
+                e.pid.set(0);
+                e.rec_head.set(NIL);
+                h.proc_hwm.set(p as u32 + 1);
+                p
+            }
+            None => return Err(Errno(libc::ENOSPC)),
+        };
+        let e = self.proc_entry(p);
+        // Records a previous owner left (a repair can resurrect them) go first.
+        if e.rec_head.get() != NIL {
+            self.reap_proc(p, sys::now());
+        }
+        let gen = e.gen.get().wrapping_add(1);
+        e.gen.set(gen);
+        e.start.set(start);
+        e.rec_head.set(NIL);
+        e.pid.set(pid); // primary: in use from here on
+        h.proc_hint.set(((p + 1) % MAX_PROCS) as u32);
+        Ok((p, gen))
+    }
+
+    // ------------------------------------------------------------- repair
+
+    /// Rebuilds every derived structure from primary data. Idempotent, so a holder
+    /// that dies while repairing is repaired after in turn.
+    pub fn repair(&mut self) {
+        let h = self.hdr();
+        for i in 0..self.slot_hwm() {
+            let s = self.slot(i);
+            if s.state.get() != SLOT_USED {
+                s.state.set(SLOT_FREE);
+            }
+        }
+        h.rec_free.set(NIL);
+        self.rebuild_lists();
+        // A holder killed between the last detach of a removed segment and its
+        // destruction (S75) leaves it SHM_DEST with nattch 0: finish the job.
+        for i in 0..self.slot_hwm() {
+            let s = self.slot(i);
+            if s.is_used() && s.mode.get() & SHM_DEST != 0 && s.nattch.get() == 0 {
+                s.state.set(SLOT_FREE);
+                self.record_destroyed(s.serial.get());
+            }
+        }
+        for i in 0..INDEX_SIZE {
+            // Only non-empty buckets are written.
+            if self.index(i).get() != 0 {
+                self.index(i).set(0);
+            }
+        }
+        let (mut in_use, mut tot, mut max) = (0, 0, -1);
+        for i in 0..self.slot_hwm() {
+            let s = self.slot(i);
+            if !s.is_used() {
+                continue;
+            }
+            in_use += 1;
+            tot += s.pages.get();
+            max = i as i32;
+            let key = s.key.get();
+            if key != 0 && s.mode.get() & SHM_DEST == 0 {
+                self.index_insert(key, i);
+            }
+        }
+        h.in_use.set(in_use);
+        h.shm_tot.set(tot);
+        h.max_idx.set(max);
+    }
+
+    /// Rebuilds record lists, the free list and every nattch from the records.
+    fn rebuild_lists(&mut self) {
+        for i in 0..self.slot_hwm() {
+            self.slot(i).rec_head.set(NIL);
+            self.slot(i).nattch.set(0);
+        }
+        for p in 0..self.proc_hwm() {
+            self.proc_entry(p).rec_head.set(NIL);
+        }
+        let h = self.hdr();
+        h.rec_free.set(NIL);
+        for r in (0..self.rec_hwm()).rev() {
+            let rec = self.rec(r);
+            let (p1, s) = (rec.proc_.get() as usize, rec.slot.get() as usize);
+            let valid = p1 != 0
+                && p1 <= self.proc_hwm()
+                && self.proc_entry(p1 - 1).pid.get() != 0
+                && s < self.slot_hwm()
+                && rec.count.get() > 0
+                && self.slot(s).is_used()
+                && self.slot(s).serial.get() == rec.serial.get();
+            if !valid {
+                rec.proc_.set(0);
+                rec.next_proc.set(h.rec_free.get());
+                h.rec_free.set(r as u32);
+                continue;
+            }
+            let e = self.proc_entry(p1 - 1);
+            rec.next_proc.set(e.rec_head.get());
+            e.rec_head.set(r as u32);
+            rec.next_slot.set(self.slot(s).rec_head.get());
+            self.slot(s).rec_head.set(r as u32);
+            self.slot(s).nattch.add(rec.count.get() as u64);
+        }
+    }
+
+    /// Appends a destroyed segment to the header's ring and bumps destroy_epoch, so
+    /// processes and the server drop their descriptors of it.
+    pub fn record_destroyed(&mut self, serial: u64) {
+        let h = self.hdr();
+        let e = h.destroy_epoch.atomic().load(Ordering::Acquire);
+        h.destroyed[e as usize % DESTROYED_RING].atomic().store(serial, Ordering::Release);
+        h.destroy_epoch.atomic().store(e + 1, Ordering::Release);
+    }
+
+    /// Recomputes max_idx after a slot was freed.
+    pub fn recompute_max_idx(&mut self) {
+        let h = self.hdr();
+        let mut m = h.max_idx.get();
+        while m >= 0 && !self.slot(m as usize).is_used() {
+            m -= 1;
+        }
+        h.max_idx.set(m);
+    }
+
+    /// Sets limits (like writing the sysctls).
+    pub fn set_limits(&mut self, shmmax: Option<u64>, shmall: Option<u64>, shmmni: Option<u64>) {
+        let h = self.hdr();
+        if let Some(v) = shmmax {
+            h.shmmax.set(v);
+        }
+        if let Some(v) = shmall {
+            h.shmall.set(v);
+        }
+        if let Some(v) = shmmni {
+            h.shmmni.set(v.min(MAX_SLOTS as u64));
         }
     }
 }

@@ -82,10 +82,13 @@ fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
 // ---------------------------------------------------------------- memory maps
 
 /// mmap(2) by raw syscall. Returns the address.
-pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: RawFd, off: i64) -> SysResult<usize> {
-    // SAFETY: a raw mmap call; the kernel validates every argument. Mapping over
-    // existing memory only happens with MAP_FIXED, which callers pass deliberately
-    // (SHM_REMAP has exactly that meaning).
+///
+/// # Safety
+/// With `MAP_FIXED` the new mapping replaces whatever was mapped in the range: the
+/// caller must own that range (no Rust object may live there).
+pub unsafe fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: RawFd, off: i64) -> SysResult<usize> {
+    // SAFETY: a raw mmap call; the kernel validates every argument; replacing
+    // memory is the caller's responsibility (see above).
     let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
     if r == -1 {
         return Err(Errno::last());
@@ -93,18 +96,30 @@ pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: RawFd, off: i64)
     Ok(r as usize)
 }
 
-pub fn munmap(addr: usize, len: usize) -> SysResult<()> {
-    // SAFETY: unmapping only affects the address space; callers pass ranges they own.
+/// munmap(2) by raw syscall.
+///
+/// # Safety
+/// Nothing may still refer to memory in the range.
+pub unsafe fn munmap(addr: usize, len: usize) -> SysResult<()> {
+    // SAFETY: the caller guarantees nothing refers to the range.
     check(unsafe { libc::syscall(libc::SYS_munmap, addr, len) }).map(|_| ())
 }
 
-pub fn mprotect(addr: usize, len: usize, prot: i32) -> SysResult<()> {
-    // SAFETY: changes protections of a range the caller asked for.
+/// mprotect(2) by raw syscall.
+///
+/// # Safety
+/// Removing access from memory that Rust code still uses is the caller's to rule out.
+pub unsafe fn mprotect(addr: usize, len: usize, prot: i32) -> SysResult<()> {
+    // SAFETY: as the caller guarantees.
     check(unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) }).map(|_| ())
 }
 
-pub fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new_addr: usize) -> SysResult<usize> {
-    // SAFETY: forwards the caller's mremap unchanged.
+/// mremap(2) by raw syscall.
+///
+/// # Safety
+/// As for `munmap` (the old range may go) and `mmap` with MAP_FIXED (the new one).
+pub unsafe fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new_addr: usize) -> SysResult<usize> {
+    // SAFETY: as the caller guarantees.
     let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) };
     if r == -1 {
         Err(Errno::last())
@@ -242,6 +257,28 @@ pub fn ftruncate(fd: RawFd, len: u64) -> SysResult<()> {
     retry(|| check(unsafe { libc::ftruncate(fd, len as i64) } as libc::c_long).map(|_| ()))
 }
 
+/// Allocates `[off, off+len)` of a file (mode 0), so that later writes through a
+/// mapping cannot fail for want of space.
+pub fn fallocate(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a descriptor; no memory is passed.
+    retry(|| check(unsafe { libc::fallocate(fd, 0, off as i64, len as i64) } as libc::c_long).map(|_| ()))
+}
+
+pub fn link(from: &CStr, to: &CStr) -> SysResult<()> {
+    // SAFETY: both are NUL-terminated paths.
+    check(unsafe { libc::link(from.as_ptr(), to.as_ptr()) } as libc::c_long).map(|_| ())
+}
+
+/// A close-on-exec duplicate at or above `min`.
+pub fn dup_at_least(fd: RawFd, min: i32) -> SysResult<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor that we own.
+    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+pub fn dup(fd: RawFd) -> SysResult<OwnedFd> {
+    dup_at_least(fd, 0)
+}
+
 pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
     // SAFETY: st is a properly sized, writable stat buffer.
     unsafe {
@@ -277,63 +314,135 @@ pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-// ----------------------------------------------------------- OFD locks
-
-fn ofd_flock(ty: i32, start: u64, len: u64) -> libc::flock {
-    // SAFETY: flock is plain old data; zero is a valid bit pattern.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = ty as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = start as i64;
-    fl.l_len = len as i64;
-    fl
-}
-
-/// Tries to take an open-file-description write lock on `[start, start+len)`.
-/// Ok(true): taken; Ok(false): somebody else holds it.
-pub fn ofd_trylock(fd: RawFd, start: u64, len: u64) -> SysResult<bool> {
-    let mut fl = ofd_flock(libc::F_WRLCK, start, len);
-    // SAFETY: fl is a valid flock for F_OFD_SETLK.
-    let r = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) };
-    if r == 0 {
-        Ok(true)
-    } else {
-        match errno() {
-            libc::EAGAIN | libc::EACCES => Ok(false),
-            e => Err(Errno(e)),
-        }
-    }
-}
-
-/// True when some open file description other than `fd`'s holds a lock on the byte.
-pub fn ofd_is_locked(fd: RawFd, start: u64) -> bool {
-    let mut fl = ofd_flock(libc::F_WRLCK, start, 1);
-    // SAFETY: fl is a valid flock for F_OFD_GETLK.
-    let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
-    r == 0 && fl.l_type != libc::F_UNLCK as i16
-}
-
 // --------------------------------------------------- unix datagram sockets
 
-pub fn socket_dgram() -> SysResult<OwnedFd> {
-    // SAFETY: creates a new descriptor that we own.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+fn owned(fd: i32) -> SysResult<OwnedFd> {
     if fd < 0 {
         Err(Errno::last())
     } else {
+        // SAFETY: a descriptor the kernel just created for us.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
-pub fn socketpair_dgram() -> SysResult<(OwnedFd, OwnedFd)> {
+/// A unix socket of type `ty` (SOCK_SEQPACKET, SOCK_DGRAM), close-on-exec.
+pub fn socket_unix(ty: i32) -> SysResult<OwnedFd> {
+    // SAFETY: creates a new descriptor that we own.
+    owned(unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) })
+}
+
+/// A connected pair of unix sockets of type `ty`, close-on-exec.
+pub fn socketpair_unix(ty: i32) -> SysResult<(OwnedFd, OwnedFd)> {
     let mut sv = [0; 2];
     // SAFETY: sv is a valid two-element array.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) };
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) };
     if r != 0 {
         return Err(Errno::last());
     }
-    // SAFETY: fresh descriptors from socketpair.
-    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+    Ok((owned(sv[0])?, owned(sv[1])?))
+}
+
+pub fn listen(fd: RawFd, backlog: i32) -> SysResult<()> {
+    // SAFETY: plain syscall on a descriptor.
+    check(unsafe { libc::listen(fd, backlog) } as libc::c_long).map(|_| ())
+}
+
+/// accept4 with CLOEXEC | NONBLOCK.
+pub fn accept(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: no address is asked for; the new descriptor is ours.
+    owned(unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) })
+}
+
+/// The credentials the kernel recorded for a socket's peer when it connected.
+pub fn peercred(fd: RawFd) -> SysResult<libc::ucred> {
+    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: c and len are valid, correctly sized out-parameters.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut c as *mut _ as *mut _, &mut len) };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    Ok(c)
+}
+
+pub fn set_nonblock(fd: RawFd) {
+    // SAFETY: fcntl flag calls on a descriptor; no memory is passed.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// A pipe (read end, write end), close-on-exec.
+pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut p = [0; 2];
+    // SAFETY: p is a valid two-element array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Errno::last());
+    }
+    Ok((owned(p[0])?, owned(p[1])?))
+}
+
+/// A pidfd for `pid` (readable once the process has exited).
+pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    owned(if r < 0 { -1 } else { r as i32 })
+}
+
+/// Whether the process a pidfd names is still running.
+pub fn pidfd_alive(fd: RawFd) -> bool {
+    // SAFETY: signal 0 through a pidfd only checks for existence.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
+}
+
+// ---------------------------------------------------------------- epoll
+
+pub fn epoll_create() -> SysResult<OwnedFd> {
+    // SAFETY: creates a new descriptor that we own.
+    owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+}
+
+pub fn epoll_add(ep: RawFd, fd: RawFd, events: u32, data: u64) -> SysResult<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev is a valid epoll_event.
+    check(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } as libc::c_long).map(|_| ())
+}
+
+pub fn epoll_del(ep: RawFd, fd: RawFd) {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: ev is a valid (ignored) epoll_event.
+    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, &mut ev) };
+}
+
+/// epoll_wait; Ok(number of events written to `out`).
+pub fn epoll_wait(ep: RawFd, out: &mut [libc::epoll_event], timeout_ms: i32) -> SysResult<usize> {
+    // SAFETY: out is a valid, writable array of out.len() events.
+    let r = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), out.len() as i32, timeout_ms) };
+    check(r as libc::c_long).map(|n| n as usize)
+}
+
+// ---------------------------------------------------------------- inotify
+
+pub fn inotify_watch(path: &std::path::Path, mask: u32) -> SysResult<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+    // SAFETY: creates a new descriptor that we own.
+    let fd = owned(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(fd)
+}
+
+/// Reads and discards whatever is pending on a descriptor (inotify events, pipe bytes).
+pub fn drain(fd: RawFd) {
+    let mut b = [0u8; 4096];
+    // SAFETY: b is a valid writable buffer of its length.
+    while unsafe { libc::read(fd, b.as_mut_ptr() as *mut _, b.len()) } > 0 {}
 }
 
 pub fn sockaddr_un(path: &std::path::Path) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
@@ -376,18 +485,18 @@ pub fn connect(fd: RawFd, path: &std::path::Path) -> SysResult<()> {
     })
 }
 
-/// Sends one datagram with up to two descriptors attached (SCM_RIGHTS).
+/// Sends one datagram with up to four descriptors attached (SCM_RIGHTS).
 pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd], flags: i32) -> SysResult<()> {
     let mut cbuf = [0u64; 8];
     let iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
     // SAFETY: msghdr is plain old data; all pointers below point into live locals,
-    // and the control buffer (64 bytes) is large enough for two descriptors.
+    // and the control buffer (64 bytes) is large enough for four descriptors.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &iov as *const _ as *mut _;
         msg.msg_iovlen = 1;
         if !fds.is_empty() {
-            assert!(fds.len() <= 2);
+            assert!(fds.len() <= 4);
             let space = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
             msg.msg_control = cbuf.as_mut_ptr() as *mut _;
             msg.msg_controllen = space;
@@ -662,4 +771,178 @@ pub fn next_symbol(name: &CStr) -> Option<usize> {
     } else {
         Some(p as usize)
     }
+}
+
+// ----------------------------------------------------------- robust mutex
+
+/// Initialises a process-shared robust mutex in place.
+///
+/// # Safety
+/// `m` must point to writable memory for a `pthread_mutex_t` that no other thread
+/// or process uses yet.
+pub unsafe fn init_robust_mutex(m: *mut libc::pthread_mutex_t) {
+    // SAFETY: attr is a local attribute object; m is as the caller guarantees.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        libc::pthread_mutexattr_init(&mut attr);
+        libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+        libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+        libc::pthread_mutex_init(m, &attr);
+        libc::pthread_mutexattr_destroy(&mut attr);
+    }
+}
+
+/// pthread_mutex_lock; returns 0 or EOWNERDEAD.
+///
+/// # Safety
+/// `m` must point to a mutex made by `init_robust_mutex`, mapped for the whole call.
+pub unsafe fn robust_mutex_lock(m: *mut libc::pthread_mutex_t) -> i32 {
+    // SAFETY: as the caller guarantees.
+    unsafe { libc::pthread_mutex_lock(m) }
+}
+
+/// pthread_mutex_trylock; returns 0, EOWNERDEAD or EBUSY.
+///
+/// # Safety
+/// As for `robust_mutex_lock`.
+pub unsafe fn robust_mutex_trylock(m: *mut libc::pthread_mutex_t) -> i32 {
+    // SAFETY: as the caller guarantees.
+    unsafe { libc::pthread_mutex_trylock(m) }
+}
+
+/// # Safety
+/// As for `robust_mutex_lock`, and the calling thread must hold the mutex.
+pub unsafe fn robust_mutex_unlock(m: *mut libc::pthread_mutex_t) {
+    // SAFETY: as the caller guarantees.
+    unsafe { libc::pthread_mutex_unlock(m) };
+}
+
+/// # Safety
+/// As for `robust_mutex_unlock`, after EOWNERDEAD and repair.
+pub unsafe fn robust_mutex_consistent(m: *mut libc::pthread_mutex_t) {
+    // SAFETY: as the caller guarantees.
+    unsafe { libc::pthread_mutex_consistent(m) };
+}
+
+// ----------------------------------------------------------- misc
+
+/// A path as a C string (a path with a NUL byte becomes the empty string, which no
+/// call accepts).
+pub fn cstr(p: &std::path::Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// Whether `fd` becomes readable (or hung up) within `ms` milliseconds.
+pub fn poll_in(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let r = retry(|| check(unsafe { libc::poll(&mut p, 1, ms) } as libc::c_long));
+    matches!(r, Ok(n) if n > 0)
+}
+
+/// (soft, hard) RLIMIT_NOFILE.
+pub fn rlimit_nofile() -> (u64, u64) {
+    // SAFETY: rl is a writable rlimit.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        (rl.rlim_cur, rl.rlim_max)
+    }
+}
+
+pub fn set_rlimit_nofile(soft: u64, hard: u64) -> SysResult<()> {
+    let rl = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: rl is a valid rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } as libc::c_long).map(|_| ())
+}
+
+/// The file of the loaded object (library or executable) containing `addr`.
+pub fn object_path(addr: usize) -> Option<std::path::PathBuf> {
+    // SAFETY: dladdr only reads the loader's tables; dli_fname is a NUL-terminated
+    // string owned by the loader.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(addr as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            Some(std::path::PathBuf::from(CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs `bin` with `args` and an empty environment and waits for it to exit (the
+/// server's launcher, which forks the daemon and exits at once).
+pub fn spawn_and_wait(bin: &std::path::Path, args: &[&str]) -> SysResult<()> {
+    let cbin = cstr(bin);
+    let cargs: Vec<std::ffi::CString> = args.iter().map(|a| std::ffi::CString::new(*a).unwrap_or_default()).collect();
+    let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: argv/envp are NULL-terminated arrays of NUL-terminated strings that
+    // outlive the call; posix_spawn runs no atfork handlers.
+    let r = unsafe { libc::posix_spawn(&mut pid, cbin.as_ptr(), std::ptr::null(), std::ptr::null(), argv.as_ptr() as *const *mut _, envp.as_ptr() as *const *mut _) };
+    if r != 0 {
+        return Err(Errno(r));
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we just started.
+    retry(|| check(unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long)).map(|_| ())
+}
+
+/// Takes an exclusive flock without waiting; false if someone else holds it.
+pub fn flock_exclusive(fd: RawFd) -> bool {
+    // SAFETY: flock on a descriptor; no memory is passed.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Detaches from the caller (fork, setsid) and closes every inherited descriptor
+/// except `keep`; stdio goes to /dev/null.
+pub fn daemonize(keep: &[RawFd]) {
+    // SAFETY: called single-threaded right after exec (server start-up): fork is
+    // safe, and every descriptor closed is one we inherited and do not use.
+    unsafe {
+        let pid = libc::fork();
+        if pid != 0 {
+            libc::_exit(if pid > 0 { 0 } else { 1 });
+        }
+        libc::setsid();
+        let mut next = 0u32;
+        let mut keep: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
+        keep.sort_unstable();
+        for k in keep {
+            if k > next {
+                libc::syscall(libc::SYS_close_range, next, k - 1, 0u32);
+            }
+            next = k + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for std in 0..3 {
+                if libc::fcntl(std, libc::F_GETFD) < 0 {
+                    libc::dup2(null, std);
+                }
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        libc::umask(0o077);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// PR_SET_DUMPABLE: a non-dumpable process's /proc/PID/fd is closed to its own uid.
+pub fn set_dumpable(on: bool) {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Whether a process with this pid exists.
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || errno() == libc::EPERM)
 }

@@ -1,7 +1,7 @@
 //! The `shmshim` command: run programs under the shim, list and remove segments,
 //! and (internally) serve as the keeper.
 
-use shmshim::{keeper, process, registry, shm};
+use shmshim::{client, process, proto, registry, server, shm};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -18,7 +18,8 @@ commands:
   rm ID... | rm --key KEY...   remove segments (like `ipcrm -m` / `ipcrm -M`)
   gc                           detach what dead or exec'd processes left attached; report it
   check                        verify the registry's invariants
-  keeper --dir DIR [--daemon]  serve a namespace's segment memory (started automatically)
+  serve --dir DIR [--shared]   serve a namespace in the foreground (a private one is
+                               otherwise started automatically; --shared: several users)
 
 `shmshim COMMAND --help` describes one command.
 
@@ -33,8 +34,8 @@ fn command_help(cmd: &str) -> Option<&'static str> {
         "stat" => "usage: shmshim stat ID\n\nPrints the struct shmid_ds of segment ID (as IPC_STAT returns it).\n",
         "rm" => "usage: shmshim rm ID... | shmshim rm --key KEY...\n\nRemoves segments by id (like `ipcrm -m`) or by key (like `ipcrm -M`). A segment\nstill attached is marked for destruction and goes at its last detach.\n",
         "gc" => "usage: shmshim gc\n\nDetaches the attaches of processes that died or exec'd (they are also detached\nwhenever someone looks), destroys removed segments they held last, and reports\nwhat it did.\n",
-        "check" => "usage: shmshim check\n\nVerifies the registry's invariants (counters, key index, nattch against attach\nrecords); exit status 1 if one does not hold.\n",
-        "keeper" => "usage: shmshim keeper --dir DIR [--daemon]\n\nHolds the memory of the namespace DIR's segments while no process has it. The\nlibrary starts it by itself when needed; it exits when the namespace is empty.\n",
+        "check" => "usage: shmshim check\n\nVerifies the registry's invariants (counters, key index, nattch against attach\nrecords) and asks the server whether it holds every segment's memory and watches\nevery participant; exit status 1 if one does not hold.\n",
+        "serve" => "usage: shmshim serve --dir DIR [--shared]\n\nServes the namespace DIR in the foreground: holds its segments' memory and learns\nof every participant's death. Without --shared it serves a private namespace (the\nlibrary starts such a server by itself, which exits when the namespace is empty;\none started by hand stays, so segments outlive containers and service restarts).\nWith --shared it serves several users: run it as root or a dedicated account;\nit alone writes the registry and holds memory, and decides every change on the\nclient's kernel-reported credentials. Removing DIR ends the server.\n",
         _ => return None,
     })
 }
@@ -186,8 +187,8 @@ fn demo_step(what: &str) -> i32 {
     }
 }
 
-fn open_registry() -> &'static registry::Registry {
-    process::registry().unwrap_or_else(|_| die("the namespace's registry cannot be used (see the message above)"))
+fn open_namespace() -> &'static process::Namespace {
+    process::namespace().unwrap_or_else(|_| die("the namespace cannot be used (see the message above)"))
 }
 
 fn json_str(s: &str) -> String {
@@ -219,8 +220,7 @@ fn cmd_ls(args: &[String]) -> i32 {
         Some("--json") => true,
         Some(other) => die(&format!("ls: unknown option {other}; see `shmshim ls --help`")),
     };
-    let reg = open_registry();
-    let segs = shm::list_segments(reg);
+    let segs = shm::list_segments(open_namespace());
     if json {
         let list: Vec<String> = segs.iter().map(seg_json).collect();
         println!(
@@ -325,8 +325,7 @@ fn cmd_rm(args: &[String]) -> i32 {
 
 fn cmd_stat(args: &[String]) -> i32 {
     let Some(id) = args.first().and_then(|a| parse_num(a)) else { die("stat: give a segment id; see `shmshim ls`") };
-    let reg = open_registry();
-    let Some(s) = shm::list_segments(reg).into_iter().find(|s| s.id as i64 == id) else {
+    let Some(s) = shm::list_segments(open_namespace()).into_iter().find(|s| s.id as i64 == id) else {
         eprintln!("shmshim stat: no segment with id {id} in {} (see `shmshim ls`)", shmshim::config::get().dir.display());
         return 1;
     };
@@ -340,29 +339,75 @@ fn cmd_stat(args: &[String]) -> i32 {
 }
 
 fn cmd_gc() -> i32 {
-    let reg = open_registry();
-    let r = shm::gc(reg);
+    let ns = open_namespace();
+    let count = |reg: &registry::Registry| {
+        let g = (reg.writable).then(|| reg.lock());
+        let n = reg.used_procs().count();
+        let segs = reg.header().in_use.get();
+        drop(g);
+        (n, segs)
+    };
+    let (procs, segs) = count(&ns.reg);
+    let r = client::sync(ns);
+    let (procs2, segs2) = count(&ns.reg);
+    if let Err(e) = r {
+        eprintln!("shmshim gc: {}", e.name());
+        return 1;
+    }
     println!(
-        "gc: {} dead or exec'd process(es) held {} attach fragment(s); detached them; {} removed segment(s) destroyed",
-        r.procs, r.fragments, r.destroyed
+        "gc: detached {} dead or exec'd process(es); {} removed segment(s) destroyed",
+        procs.saturating_sub(procs2),
+        segs.saturating_sub(segs2)
     );
     0
 }
 
 fn cmd_check() -> i32 {
-    let reg = open_registry();
-    shm::reap_dead(reg);
-    let g = reg.lock();
-    match g.check_invariants() {
-        Ok(()) => {
-            println!("registry {}: ok ({} segments)", reg.path.display(), g.hdr().in_use);
-            0
-        }
-        Err(e) => {
-            println!("registry {}: {e}", reg.path.display());
-            1
+    let ns = open_namespace();
+    let reg = &ns.reg;
+    if let Err(e) = client::sync(ns) {
+        println!("registry {}: cannot reach the namespace's server: {}", reg.path.display(), e.name());
+        return 1;
+    }
+    let local_check = if reg.writable { reg.lock().check_invariants() } else { reg.read(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string())) };
+    if let Err(e) = local_check {
+        println!("registry {}: {e}", reg.path.display());
+        return 1;
+    }
+    // The server checks what only it knows: that it holds every segment's memory.
+    let mut local = process::LOCAL.lock();
+    if reg.header().in_use.get() > 0 || local.conn.is_some() {
+        match client::request(&mut local, ns, &proto::Msg::new(proto::CHECK), &[]) {
+            Ok(_) => {}
+            Err(shmshim::sys::Errno(libc::EIO)) => {
+                println!("registry {}: the server reports an inconsistency", reg.path.display());
+                return 1;
+            }
+            Err(e) => {
+                println!("registry {}: cannot reach the namespace's server: {}", reg.path.display(), e.name());
+                return 1;
+            }
         }
     }
+    println!("registry {}: ok ({} segments)", reg.path.display(), reg.header().in_use.get());
+    0
+}
+
+fn cmd_serve(rest: &[String]) -> i32 {
+    let mut dir = None;
+    let mut shared = false;
+    let mut auto = false;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = it.next().map(PathBuf::from),
+            "--shared" => shared = true,
+            "--daemon" => auto = true,
+            _ => die(&format!("serve: unknown argument {a}; see `shmshim serve --help`")),
+        }
+    }
+    let dir = dir.unwrap_or_else(|| shmshim::config::get().dir.clone());
+    server::serve(server::Options { dir, shared, auto })
 }
 
 fn main() {
@@ -393,23 +438,7 @@ fn main() {
         "rm" => cmd_rm(rest),
         "check" => cmd_check(),
         "demo-step" => demo_step(rest.first().map(|s| s.as_str()).unwrap_or("")),
-        "keeper" => {
-            let mut dir = None;
-            let mut daemon = false;
-            let mut it = rest.iter();
-            while let Some(a) = it.next() {
-                match a.as_str() {
-                    "--dir" => dir = it.next().map(PathBuf::from),
-                    "--daemon" => daemon = true,
-                    _ => die(&format!("keeper: unknown argument {a}")),
-                }
-            }
-            let dir = dir.unwrap_or_else(|| shmshim::config::get().dir.clone());
-            if daemon {
-                keeper::daemonize();
-            }
-            keeper::run(&dir)
-        }
+        "serve" | "keeper" => cmd_serve(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             0
