@@ -337,24 +337,26 @@ pub fn register_child(local: &mut Local, ns: &Namespace) -> SysResult<Child> {
         let (r, _) = roundtrip(conn.sock.fd, &Msg::new(proto::FORK), &[theirs.as_raw_fd()])?;
         return Ok(Child { sock, me: (r.a as usize, r.b as u32) });
     }
-    let me = {
-        let mut g = ns.reg.lock();
-        let me = g.claim_proc(pid, 0)?;
-        for a in &local.attaches {
-            crate::shm::shm_open_frags(&mut g, me.0, a.slot, a.serial, a.inherited(), pid);
-        }
-        me
-    };
+    // The entry is watched (its server end in the shared instance, and handed to
+    // the server, where it outlives us) before it counts anything, so a parent
+    // killed at any point leaves nothing counted that nobody watches (an empty
+    // entry of a dead pid is freed by the server).
+    let me = ns.reg.lock().claim_proc(pid, 0)?;
     let undo = |ns: &Namespace| crate::shm::apply_death(&mut ns.reg.lock(), me.0, me.1);
-    if sys::epoll_add(conn.ep, theirs.as_raw_fd(), libc::EPOLLRDHUP as u32, proto::ev_data(proto::EV_CONN, me.0, me.1)).is_err() {
+    let mut m = Msg::new(proto::ADOPT);
+    (m.a, m.b) = (me.0 as u64, me.1 as u64);
+    let watched = sys::epoll_add(conn.ep, theirs.as_raw_fd(), libc::EPOLLRDHUP as u32, proto::ev_data(proto::EV_CONN, me.0, me.1)).is_ok()
+        && send_patiently(conn.sock.fd, &m, &[theirs.as_raw_fd()]).is_ok();
+    if !watched {
         undo(ns);
         return Err(Errno(libc::ENOMEM));
     }
-    let mut m = Msg::new(proto::ADOPT);
-    (m.a, m.b) = (me.0 as u64, me.1 as u64);
-    if send_patiently(conn.sock.fd, &m, &[theirs.as_raw_fd()]).is_err() {
-        undo(ns);
-        return Err(Errno(libc::ENOMEM));
+    drop(theirs);
+    {
+        let mut g = ns.reg.lock();
+        for a in &local.attaches {
+            crate::shm::shm_open_frags(&mut g, me.0, a.slot, a.serial, a.inherited(), pid);
+        }
     }
     Ok(Child { sock, me })
 }

@@ -5,9 +5,26 @@
 //! States: 0 unlocked, 1 locked, 2 locked with waiters (Drepper, "Futexes Are
 //! Tricky").
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+thread_local! {
+    /// How many shim locks (these mutexes and the registry lock) this thread holds.
+    /// A signal handler that makes a SysV call while its thread holds one would
+    /// wait for itself: such a call fails at once instead (see `hooks`).
+    static HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts a shim lock taken (`true`) or released by this thread.
+pub fn note_held(taken: bool) {
+    HELD.with(|h| h.set(if taken { h.get() + 1 } else { h.get().saturating_sub(1) }));
+}
+
+/// Whether this thread holds any shim lock now.
+pub fn holding_any() -> bool {
+    HELD.with(|h| h.get() > 0)
+}
 
 pub struct FsMutex<T> {
     state: AtomicU32,
@@ -40,16 +57,21 @@ impl<T> FsMutex<T> {
                 futex(&self.state, libc::FUTEX_WAIT, 2);
             }
         }
+        note_held(true);
         FsGuard { m: self }
     }
 
     pub fn try_lock(&self) -> Option<FsGuard<'_, T>> {
-        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| FsGuard { m: self })
+        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| {
+            note_held(true);
+            FsGuard { m: self }
+        })
     }
 }
 
 impl<T> Drop for FsGuard<'_, T> {
     fn drop(&mut self) {
+        note_held(false);
         if self.m.state.swap(0, Ordering::Release) == 2 {
             futex(&self.m.state, libc::FUTEX_WAKE, 1);
         }

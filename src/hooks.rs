@@ -54,7 +54,14 @@ fn enosys<T>(v: T) -> T {
     v
 }
 
+/// Runs shim code for a hook. A SysV call made by a signal handler that
+/// interrupted this thread while it held a shim lock would wait for itself: it
+/// fails at once with EDEADLK (documented in the README); one that interrupted
+/// shim code holding no lock runs normally.
 fn guarded<T>(f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
+    if crate::fsmutex::holding_any() {
+        return Err(Errno(libc::EDEADLK));
+    }
     let _r = Reentry::enter();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
@@ -234,7 +241,10 @@ fn forking(real: ForkFn) -> pid_t {
     // LOCAL is held across the real fork in every case, so the child never
     // inherits it held by a thread it does not have.
     let mut local = LOCAL.lock();
-    let child = if local.attaches.is_empty() || local.conn.is_none() || local.pid != sys::getpid() { None } else { client::register_child(&mut local, ns).ok() };
+    // A registered process registers its child too (even without attaches: the
+    // child may not be able to reach the namespace directory, e.g. after a uid
+    // change, and inherits the registration instead).
+    let child = if local.conn.is_none() || local.pid != sys::getpid() { None } else { client::register_child(&mut local, ns).ok() };
     // Atfork handlers run inside the real fork on this thread: memory calls they
     // make must not re-enter the shim while LOCAL is held.
     let reentry = Reentry::enter();

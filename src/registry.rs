@@ -568,6 +568,7 @@ impl Registry {
     }
 
     fn locked(&self, r: i32) -> RegGuard<'_> {
+        crate::fsmutex::note_held(true);
         let h = self.header();
         let mut g = RegGuard { reg: self };
         if r == libc::EOWNERDEAD {
@@ -750,6 +751,7 @@ impl Drop for RegGuard<'_> {
         seq.atomic().store(seq.get().wrapping_add(1), Ordering::Release);
         // SAFETY: this guard exists only while we hold the mutex.
         unsafe { sys::robust_mutex_unlock(self.reg.mutex_ptr()) };
+        crate::fsmutex::note_held(false);
     }
 }
 

@@ -359,8 +359,8 @@ impl Server {
             if !self.dir_intact() {
                 return self.leave();
             }
-            let g = self.reg.lock();
-            self.sweep_full(&g);
+            let mut g = self.reg.lock();
+            self.sweep_full(&mut g);
             let empty = g.hdr().in_use.get() == 0 && self.made.is_empty();
             if !self.auto || !empty {
                 empty_since = None;
@@ -430,6 +430,9 @@ impl Server {
                 self.watches.remove(&(p, gen));
                 let conn = self.conns.iter().find(|(_, c)| c.me == Some((p, gen))).map(|(&fd, _)| fd);
                 if let Some(fd) = conn {
+                    // What it sent before it died comes first (an ADOPT carries
+                    // the watch of a child it registered).
+                    self.serve_conn(fd);
                     self.close_conn(fd);
                 }
             }
@@ -480,10 +483,12 @@ impl Server {
     /// One request; returns the reply (None: no reply is due).
     fn handle(&mut self, conn: RawFd, m: Msg, mut fds: Vec<OwnedFd>, cred: Option<libc::ucred>) -> Option<(Msg, Vec<OwnedFd>)> {
         let err = |e: Errno| Some((Msg::reply(m.op, e.0), Vec::new()));
-        let cred = cred.filter(|c| c.pid > 0);
+        let Some(cred) = cred.filter(|c| c.pid > 0) else {
+            // Every request carries the kernel's word on who sent it.
+            return err(Errno(libc::EPERM));
+        };
         match m.op {
             proto::HELLO => {
-                let cred = cred?;
                 Some(self.hello(conn, &m, cred).map(|r| (r, self.hello_fds())).unwrap_or_else(|e| (Msg::reply(m.op, e.0), Vec::new())))
             }
             proto::FORK_REC => {
@@ -501,7 +506,6 @@ impl Server {
                 None
             }
             proto::FORK if self.shared => {
-                let cred = cred?;
                 let end = fds.pop()?;
                 match self.fork_child(conn, end, cred) {
                     Ok(r) => Some((r, Vec::new())),
@@ -513,7 +517,6 @@ impl Server {
                 Err(e) => err(e),
             },
             proto::GET => {
-                let cred = cred?;
                 match self.get(m.a as usize, m.b, m.c != 0, cred) {
                     Ok(fd) => Some((Msg::reply(m.op, 0), vec![fd])),
                     Err(e) => err(e),
@@ -537,7 +540,6 @@ impl Server {
                 Some((r, Vec::new()))
             }
             proto::SHMGET | proto::SHMAT | proto::SHMAT_DONE | proto::VM | proto::SHMCTL if self.shared => {
-                let cred = cred?;
                 let me = self.conns.get(&conn).and_then(|c| c.me);
                 match self.shared_op(&m, me, cred) {
                     Ok(r) => Some(r),
@@ -602,6 +604,8 @@ impl Server {
     /// false): the registration stays as long as this descriptor lives.
     fn adopt_conn(&mut self, end: OwnedFd, me: (usize, u32), registered: bool) {
         let n = end.as_raw_fd();
+        sys::set_passcred(n);
+        sys::set_nonblock(n);
         if sys::epoll_add(self.own_ep.as_raw_fd(), n, libc::EPOLLIN as u32, TAG_CONN | n as u64).is_err() {
             return;
         }
@@ -797,8 +801,8 @@ impl Server {
         if epoch != self.seen_epoch {
             changed = true;
             if epoch.wrapping_sub(self.seen_epoch) > crate::registry::DESTROYED_RING as u64 {
-                let g = self.reg.lock();
-                self.sweep_full(&g);
+                let mut g = self.reg.lock();
+                self.sweep_full(&mut g);
             } else {
                 for e in self.seen_epoch..epoch {
                     let serial = h.destroyed[e as usize % crate::registry::DESTROYED_RING].atomic().load(Ordering::Acquire);
@@ -842,7 +846,8 @@ impl Server {
 
     /// Under the lock, once a second: rebuild the bookkeeping from the registry,
     /// closing whatever no slot, pool entry or pending creation names.
-    fn sweep_full(&mut self, g: &crate::registry::RegGuard) {
+    fn sweep_full(&mut self, g: &mut crate::registry::RegGuard) {
+        self.reap_unwatched(g);
         let h = g.hdr();
         let mut named = std::collections::HashSet::new();
         self.by_serial.clear();
@@ -886,7 +891,8 @@ impl Server {
     /// `shmshim check`: the registry's invariants, and that the memory of every
     /// segment is held (no id whose memory is gone).
     fn check(&mut self) -> Result<(), String> {
-        let g = self.reg.lock();
+        let mut g = self.reg.lock();
+        self.reap_unwatched(&mut g);
         g.check_invariants()?;
         for i in 0..g.slot_hwm() {
             let s = g.slot(i);
@@ -902,6 +908,19 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// Entries nobody watches whose process is gone: a participant killed while
+    /// registering a fork child, before the child's connection was watched.
+    fn reap_unwatched(&self, g: &mut crate::registry::RegGuard) {
+        let unwatched: Vec<(usize, u32)> = g
+            .used_procs()
+            .map(|p| (p, g.proc_entry(p).gen.get()))
+            .filter(|&(p, gen)| !self.watches.contains_key(&(p, gen)) && !self.conns.values().any(|c| c.me == Some((p, gen))) && !sys::pid_alive(g.proc_entry(p).pid.get()))
+            .collect();
+        for (p, gen) in unwatched {
+            shm::apply_death(g, p, gen);
+        }
     }
 
     fn pooled_for(&self, serial: u64) -> bool {

@@ -57,6 +57,9 @@ pub fn errno_name(e: i32) -> &'static str {
         libc::EIDRM => "EIDRM",
         libc::ECONNREFUSED => "ECONNREFUSED",
         libc::EOWNERDEAD => "EOWNERDEAD",
+        libc::EDEADLK => "EDEADLK",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNRESET => "ECONNRESET",
         _ => "E?",
     }
 }

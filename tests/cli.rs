@@ -116,7 +116,7 @@ fn shim(dir: &Path, sandbox: bool, args: &[&str]) -> Command {
     c
 }
 
-/// Waits for the namespace's keeper to exit, then removes the directory.
+/// Waits for the namespace's server to exit, then removes the directory.
 fn finish(dir: &Path) {
     for _ in 0..50 {
         let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -240,7 +240,7 @@ fn ls_json_stat_rm_gc() {
     assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
     let ls = run(Command::new(&bin).arg("ls").env("SHMSHIM_DIR", &dir));
     assert!(!text(&ls).contains("0x5eed7005"));
-    for cmd in ["run", "ls", "stat", "rm", "gc", "check", "keeper"] {
+    for cmd in ["run", "ls", "stat", "rm", "gc", "check", "serve"] {
         let h = run(Command::new(&bin).args([cmd, "--help"]));
         assert!(h.status.success() && text(&h).starts_with(&format!("usage: shmshim {cmd}")), "{cmd} --help");
     }
@@ -285,21 +285,21 @@ fn default_namespace_dir_per_user_and_without_dev_shm() {
 }
 
 #[test]
-fn a_killed_keeper_is_replaced_and_adopts_attached_segments() {
+fn a_killed_server_is_replaced_and_adopts_attached_segments() {
     use std::io::BufRead;
     let (probe, _) = setup();
-    let dir = tempdir("keeperkill");
+    let dir = tempdir("serverkill");
     let p = probe.to_str().unwrap();
     let mut holder = shim(&dir, true, &[p, "hold", "0x5eed7100", "3"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    // Kill the namespace's keeper.
-    let killed = Command::new("pkill").args(["-9", "-f", &format!("keeper --daemon --dir {}", dir.display())]).status().unwrap();
-    assert!(killed.success(), "a keeper was running");
+    // Kill the namespace's server.
+    let killed = Command::new("pkill").args(["-9", "-f", &format!("serve --daemon --dir {}", dir.display())]).status().unwrap();
+    assert!(killed.success(), "a server was running");
     std::thread::sleep(std::time::Duration::from_millis(200));
     // Another process attaches both segments: memory comes from the holder, and a
-    // new keeper adopts it (the namespace must not hang).
+    // new server adopts it (the namespace must not hang).
     for (key, want) in [("0x5eed7100", "first 2"), ("0x5eed7101", "second 2")] {
         let o = run(shim(&dir, true, &[p, "read", key]).env("SHMSHIM_LOG", "0"));
         assert_eq!(text(&o).trim(), want, "{}", String::from_utf8_lossy(&o.stderr));
@@ -307,7 +307,7 @@ fn a_killed_keeper_is_replaced_and_adopts_attached_segments() {
     let ls = run(Command::new("timeout").args(["10"]).arg(release("shmshim")).arg("ls").env("SHMSHIM_DIR", &dir));
     assert!(ls.status.success() && text(&ls).contains("0x5eed7101"), "ls must not hang: {}", text(&ls));
     holder.wait().unwrap();
-    // The holder is gone; the restarted keeper kept the memory.
+    // The holder is gone; the restarted server kept the memory.
     let o = run(shim(&dir, true, &[p, "read", "0x5eed7100"]));
     assert_eq!(text(&o).trim(), "first 1");
     for key in ["0x5eed7100", "0x5eed7101"] {
