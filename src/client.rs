@@ -26,11 +26,16 @@ pub fn sock_path(dir: &Path) -> PathBuf {
 /// Sends `m` (with `fds`) on `sock` and waits for the reply.
 pub fn roundtrip(sock: RawFd, m: &Msg, fds: &[RawFd]) -> SysResult<(Msg, Vec<OwnedFd>)> {
     sys::send_with_fds(sock, &m.bytes(), fds, libc::MSG_DONTWAIT).map_err(|e| if e.0 == libc::EAGAIN { Errno(libc::ENOMEM) } else { e })?;
-    let deadline = Instant::now() + REPLY_TIMEOUT;
+    wait_reply(sock, m.op, REPLY_TIMEOUT)
+}
+
+/// Waits up to `wait` for the reply to operation `op` on `sock`.
+fn wait_reply(sock: RawFd, op: u32, wait: Duration) -> SysResult<(Msg, Vec<OwnedFd>)> {
+    let deadline = Instant::now() + wait;
     let mut buf = [0u8; proto::MSG_SIZE + 8];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || !sys::poll_in(sock, left.as_millis().max(1) as i32) {
+        if !sys::poll_in(sock, left.as_millis() as i32) {
             return Err(Errno(libc::ETIMEDOUT));
         }
         let r = sys::recv_with_fds(sock, &mut buf, libc::MSG_DONTWAIT);
@@ -38,7 +43,7 @@ pub fn roundtrip(sock: RawFd, m: &Msg, fds: &[RawFd]) -> SysResult<(Msg, Vec<Own
             Ok(r) if r.len == 0 => return Err(Errno(libc::ECONNRESET)),
             Ok(r) => {
                 let reply = Msg::parse(&buf[..r.len]).ok_or(Errno(libc::EIO))?;
-                if reply.op != m.op {
+                if reply.op != op {
                     continue; // not ours (a stale reply): keep waiting
                 }
                 if reply.err != 0 {
@@ -95,12 +100,22 @@ fn connect(ns: &Namespace) -> SysResult<OwnedFd> {
 /// its parent's registration) and a process whose connection the program closed
 /// register anew; their attaches are announced so they count (S118).
 pub fn ensure_conn(local: &mut Local, ns: &Namespace) -> SysResult<(usize, u32)> {
+    if let Some(me) = registered(local) {
+        return Ok(me);
+    }
+    start_hello(local, ns)?;
+    finish_hello(local, REPLY_TIMEOUT).map_err(unavailable)
+}
+
+/// Our registration, if it is intact (and this process's own).
+fn registered(local: &mut Local) -> Option<(usize, u32)> {
     let pid = sys::getpid();
     if local.pid != pid {
         // A raw fork's child: the registration and connection are the parent's.
         if let Some(c) = local.conn.take() {
             drop_conn(c, false);
         }
+        local.pending = None;
         local.me = None;
         local.pid = pid;
         for a in local.attaches.iter_mut() {
@@ -111,7 +126,7 @@ pub fn ensure_conn(local: &mut Local, ns: &Namespace) -> SysResult<(usize, u32)>
     }
     if let (Some(c), Some(me)) = (&local.conn, local.me) {
         if c.sock.intact() {
-            return Ok(me);
+            return Some(me);
         }
     }
     if let Some(c) = local.conn.take() {
@@ -119,6 +134,19 @@ pub fn ensure_conn(local: &mut Local, ns: &Namespace) -> SysResult<(usize, u32)>
         drop_conn(c, true);
         local.me = None;
     }
+    None
+}
+
+/// Connects and sends HELLO (once; the reply is taken by `finish_hello`). A
+/// connection accepted means a server that has adopted the namespace is alive.
+fn start_hello(local: &mut Local, ns: &Namespace) -> SysResult<()> {
+    if let Some(p) = &local.pending {
+        if p.intact() {
+            return Ok(());
+        }
+        local.pending.take().map(HeldFd::forget);
+    }
+    let pid = sys::getpid();
     let sock = HeldFd::new(connect(ns)?)?;
     sys::set_passcred(sock.fd);
     // Our attaches, so that a new entry counts them (a raw fork's child, or a
@@ -134,14 +162,34 @@ pub fn ensure_conn(local: &mut Local, ns: &Namespace) -> SysResult<(usize, u32)>
         (m.b, m.c) = (e as u64 + 1, g as u64);
     }
     m.d = crate::process::start_time(pid);
-    let (reply, mut fds) = roundtrip(sock.fd, &m, &[]).map_err(unavailable)?;
+    sys::send_with_fds(sock.fd, &m.bytes(), &[], libc::MSG_DONTWAIT).map_err(|_| Errno(libc::ENOMEM))?;
+    local.pending = Some(sock);
+    Ok(())
+}
+
+/// Takes HELLO's reply, waiting up to `wait`.
+fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
+    let sock = local.pending.as_ref().ok_or(Errno(libc::ENOMEM))?.fd;
+    let r = wait_reply(sock, proto::HELLO, wait);
+    let (reply, mut fds) = match r {
+        Ok(r) => r,
+        Err(Errno(libc::ETIMEDOUT)) => return Err(Errno(libc::ETIMEDOUT)),
+        Err(e) => {
+            local.pending = None;
+            return Err(e);
+        }
+    };
+    let sock = local.pending.take().ok_or(Errno(libc::ENOMEM))?;
     if fds.len() < 2 {
         return Err(Errno(libc::ENOMEM));
     }
     let death = crate::process::high_fd(fds.remove(1)).into_raw_fd();
     let ep = crate::process::beyond_limit_fd(fds.remove(0)).into_raw_fd();
     let me = (reply.a as usize, reply.b as u32);
-    local.conn = Some(Conn { sock, ep, death, server_gen: reply.c });
+    // The kernel translates the peer's pid into our pid namespace (0 if the server
+    // lives outside it, e.g. serving containers from the host).
+    let server_pid = sys::peercred(sock.fd).map(|c| c.pid).unwrap_or(0);
+    local.conn = Some(Conn { sock, ep, death, server_gen: reply.c, server_pid });
     local.me = Some(me);
     crate::process::set_my_entry(Some(me));
     EPFD.store(ep, Ordering::Release);
@@ -171,7 +219,8 @@ pub fn sync(ns: &Namespace) -> SysResult<()> {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
     let n = if ep < 0 {
         // Not registered: nothing to learn unless segments exist (their server
-        // may have died since).
+        // may have died since, leaving ids without memory until a new one adopts
+        // the namespace).
         if ns.reg.header().in_use.get() == 0 {
             return Ok(());
         }
@@ -186,6 +235,7 @@ pub fn sync(ns: &Namespace) -> SysResult<()> {
     if n == 0 {
         return Ok(());
     }
+    let _quiet = sys::block_signals();
     let mut server_died = false;
     let mut deaths = Vec::new();
     for ev in &events[..n] {
@@ -217,13 +267,14 @@ pub fn sync(ns: &Namespace) -> SysResult<()> {
 }
 
 /// Registers with the current server (after its predecessor died, or after the
-/// program closed our descriptors).
+/// program closed our descriptors), without waiting for it: once a server has
+/// accepted our connection, every segment it did not adopt is gone, so the call
+/// may go on; a stopped server delays only calls that need the registration.
 fn reregister(ns: &Namespace) -> SysResult<()> {
+    let _quiet = sys::block_signals();
     let mut local = LOCAL.lock();
     if let Some(c) = &local.conn {
-        let dead = c.death;
-        let alive = sys::poll_in(dead, 0) == false && c.sock.intact();
-        if alive && EPFD.load(Ordering::Acquire) >= 0 {
+        if !sys::poll_in(c.death, 0) && c.sock.intact() && EPFD.load(Ordering::Acquire) >= 0 {
             return Ok(()); // another thread did it already
         }
     }
@@ -231,7 +282,14 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
         let intact = c.sock.intact();
         drop_conn(c, !intact);
     }
-    ensure_conn(&mut local, ns).map(|_| ())
+    if registered(&mut local).is_some() {
+        return Ok(());
+    }
+    start_hello(&mut local, ns)?;
+    match finish_hello(&mut local, Duration::ZERO) {
+        Ok(_) | Err(Errno(libc::ETIMEDOUT)) => Ok(()),
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 /// Sends a message that needs no reply (best effort, never waits).
@@ -384,7 +442,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             // Our copy of the parent's connection goes; the epoll instance and the
             // death pipe are shared.
             drop(p.sock);
-            local.conn = Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen });
+            local.conn = Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid });
             local.me = Some(c.me);
             crate::process::set_my_entry(Some(c.me));
             if ns.reg.writable {

@@ -52,29 +52,33 @@ impl<T> FsMutex<T> {
     }
 
     pub fn lock(&self) -> FsGuard<'_, T> {
+        // Counted before it is taken: a signal landing in between sees it held.
+        note_held(true);
         if self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             while self.state.swap(2, Ordering::Acquire) != 0 {
                 futex(&self.state, libc::FUTEX_WAIT, 2);
             }
         }
-        note_held(true);
         FsGuard { m: self }
     }
 
     pub fn try_lock(&self) -> Option<FsGuard<'_, T>> {
-        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| {
-            note_held(true);
-            FsGuard { m: self }
-        })
+        note_held(true);
+        let g = self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| FsGuard { m: self });
+        if g.is_none() {
+            note_held(false);
+        }
+        g
     }
 }
 
 impl<T> Drop for FsGuard<'_, T> {
     fn drop(&mut self) {
-        note_held(false);
         if self.m.state.swap(0, Ordering::Release) == 2 {
             futex(&self.m.state, libc::FUTEX_WAKE, 1);
         }
+        // Uncounted after it is released (see `lock`).
+        note_held(false);
     }
 }
 

@@ -122,6 +122,9 @@ pub struct Conn {
     pub death: RawFd,
     /// The server generation that answered our HELLO.
     pub server_gen: u64,
+    /// The server's pid as this process sees it (0: in another pid namespace,
+    /// so its /proc entry is out of reach).
+    pub server_pid: i32,
 }
 
 #[derive(Default)]
@@ -129,6 +132,8 @@ pub struct Local {
     /// Our proc-table entry and its generation, once the server registered us.
     pub me: Option<(usize, u32)>,
     pub conn: Option<Conn>,
+    /// A connection whose HELLO is not answered yet.
+    pub pending: Option<HeldFd>,
     pub attaches: Vec<Attach>,
     /// Cached descriptors by segment serial.
     pub fds: std::collections::BTreeMap<u64, CachedFd>,
@@ -144,6 +149,7 @@ pub struct Local {
 pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
     me: None,
     conn: None,
+    pending: None,
     attaches: Vec::new(),
     fds: std::collections::BTreeMap::new(),
     epoch: 0,

@@ -17,6 +17,9 @@ pub const ADOPT: u32 = 2;
 /// MAKE {a: memfd flags, b: file length} → {a: server fd number, b: inode}, fds
 /// [the memfd]: a memfd the server holds from now on.
 pub const MAKE: u32 = 3;
+/// NAMED {a: server fd number, b: serial, c: slot}: the memfd a MAKE gave was
+/// published as that segment (no reply).
+pub const NAMED: u32 = 8;
 /// GET {a: slot, b: serial, c: 1 for read-only} → fds [descriptor], with exactly
 /// the access the caller's credentials allow.
 pub const GET: u32 = 4;

@@ -552,6 +552,8 @@ impl Registry {
     /// Takes the registry lock, repairing the registry if a holder died.
     pub fn lock(&self) -> RegGuard<'_> {
         assert!(self.writable, "a read-only registry cannot be locked");
+        // Counted before it is taken (see fsmutex::note_held).
+        crate::fsmutex::note_held(true);
         // SAFETY: the mutex is the process-shared robust mutex built with the file.
         let r = unsafe { sys::robust_mutex_lock(self.mutex_ptr()) };
         self.locked(r)
@@ -562,13 +564,17 @@ impl Registry {
         if !self.writable {
             return None;
         }
+        crate::fsmutex::note_held(true);
         // SAFETY: as in `lock`.
         let r = unsafe { sys::robust_mutex_trylock(self.mutex_ptr()) };
-        (r != libc::EBUSY).then(|| self.locked(r))
+        if r == libc::EBUSY {
+            crate::fsmutex::note_held(false);
+            return None;
+        }
+        Some(self.locked(r))
     }
 
     fn locked(&self, r: i32) -> RegGuard<'_> {
-        crate::fsmutex::note_held(true);
         let h = self.header();
         let mut g = RegGuard { reg: self };
         if r == libc::EOWNERDEAD {
@@ -825,6 +831,15 @@ impl<'a> RegGuard<'a> {
         // the end stays beyond the bound until the next chunk.
         have.set((((to - off) / size).min(max)) as u32);
         Ok(())
+    }
+
+    /// Allocates records and proc entries ahead of their use: a new segment's
+    /// creation fails (ENOSPC) where the filesystem could not hold the attaches
+    /// that follow it.
+    pub fn reserve_headroom(&mut self) -> SysResult<()> {
+        let h = self.hdr();
+        self.back(Region::Recs, (h.rec_hwm.get() as usize + 64).min(MAX_RECS - 1))?;
+        self.back(Region::Procs, (h.proc_hwm.get() as usize + 16).min(MAX_PROCS - 1))
     }
 
     // ------------------------------------------------------------- key index

@@ -47,9 +47,6 @@ pub const LINGER: Duration = Duration::from_millis(300);
 /// Descriptors kept free for connections and replies: a MAKE that would eat into
 /// them fails with ENFILE at the shmget that asked.
 const FD_RESERVE: usize = 64;
-/// A made memfd that no segment names after this long was abandoned by its
-/// creator (killed between MAKE and publication).
-const MADE_TTL: Duration = Duration::from_secs(10);
 
 const TAG_LISTEN: u64 = 1;
 const TAG_SHARED: u64 = 2;
@@ -98,10 +95,13 @@ struct Server {
     /// in `by_serial`.
     fds: HashMap<RawFd, OwnedFd>,
     by_serial: HashMap<u64, RawFd>,
-    /// Memfds made on request and not yet named by a segment.
-    made: HashMap<RawFd, Instant>,
+    /// Memfds made on request and not yet named by a segment, with the
+    /// connection that asked (when it closes, what it did not publish goes).
+    made: HashMap<RawFd, RawFd>,
     /// destroy_epoch at the last look.
     seen_epoch: u64,
+    /// Entries found unwatched at the last sweep.
+    unwatched: Vec<(usize, u32)>,
     fd_limit: usize,
 }
 
@@ -190,19 +190,12 @@ impl Server {
         let path = crate::client::sock_path(&opts.dir);
         let _ = std::fs::remove_file(&path);
         let listen = sys::socket_unix(libc::SOCK_SEQPACKET)?;
-        sys::bind(listen.as_raw_fd(), &path)?;
-        let sock_mode = if opts.shared { 0o666 } else { 0o600 };
-        let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(sock_mode));
-        sys::listen(listen.as_raw_fd(), 4096)?;
-        sys::set_nonblock(listen.as_raw_fd());
-        let sock_ino = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
         let reg_ino = sys::fstat(reg.fd.as_raw_fd())?.st_ino;
         let gen = reg.header().server_gen.get().wrapping_add(1).max(1);
         let own_ep = sys::epoll_create()?;
         let shared_ep = sys::epoll_create()?;
         let (death_r, death_w) = sys::pipe()?;
         sys::epoll_add(shared_ep.as_raw_fd(), death_r.as_raw_fd(), 0, proto::ev_data(proto::EV_SERVER, 0, 0))?;
-        sys::epoll_add(own_ep.as_raw_fd(), listen.as_raw_fd(), libc::EPOLLIN as u32, TAG_LISTEN)?;
         sys::epoll_add(own_ep.as_raw_fd(), shared_ep.as_raw_fd(), libc::EPOLLIN as u32, TAG_SHARED)?;
         let inotify = sys::inotify_watch(&opts.dir, libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_DELETE | libc::IN_MOVED_FROM).ok();
         if let Some(i) = &inotify {
@@ -215,7 +208,7 @@ impl Server {
             auto: opts.auto,
             gen,
             listen,
-            sock_ino,
+            sock_ino: 0,
             reg_ino,
             own_ep,
             shared_ep,
@@ -228,9 +221,19 @@ impl Server {
             by_serial: HashMap::new(),
             made: HashMap::new(),
             seen_epoch: 0,
+            unwatched: Vec::new(),
             fd_limit,
         };
+        // Adopt first, listen after: a participant whose connection is accepted
+        // may trust that every id it finds has its memory.
         s.adopt();
+        sys::bind(s.listen.as_raw_fd(), &path)?;
+        let sock_mode = if opts.shared { 0o666 } else { 0o600 };
+        let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(sock_mode));
+        sys::listen(s.listen.as_raw_fd(), 4096)?;
+        sys::set_nonblock(s.listen.as_raw_fd());
+        s.sock_ino = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
+        sys::epoll_add(s.own_ep.as_raw_fd(), s.listen.as_raw_fd(), libc::EPOLLIN as u32, TAG_LISTEN)?;
         Ok(s)
     }
 
@@ -260,7 +263,7 @@ impl Server {
         for (p, pid, gen, start) in entries {
             let pidfd = sys::pidfd_open(pid).ok();
             match pidfd {
-                Some(fd) if start != 0 && crate::process::start_time(pid) == start => alive.push((p, gen, pid, fd, mapped_inodes(pid))),
+                Some(fd) if start == 0 || crate::process::start_time(pid) == start => alive.push((p, gen, pid, fd, mapped_inodes(pid))),
                 _ => dead.push((p, gen)),
             }
         }
@@ -444,6 +447,7 @@ impl Server {
 
     fn close_conn(&mut self, fd: RawFd) {
         if let Some(c) = self.conns.remove(&fd) {
+            self.abandon_made(fd);
             sys::epoll_del(self.own_ep.as_raw_fd(), fd);
             if let (Some((p, gen)), true) = (c.me, c.watched) {
                 // Closing it also ends its registration in the shared instance;
@@ -512,7 +516,11 @@ impl Server {
                     Err(e) => err(e),
                 }
             }
-            proto::MAKE => match self.make(m.a as u32, m.b) {
+            proto::NAMED => {
+                self.named(conn, m.a as RawFd, m.b, m.c as usize);
+                None
+            }
+            proto::MAKE => match self.make(conn, m.a as u32, m.b) {
                 Ok((r, fd)) => Some((r, vec![fd])),
                 Err(e) => err(e),
             },
@@ -636,7 +644,7 @@ impl Server {
     }
 
     /// MAKE: a memfd the server holds from now on.
-    fn make(&mut self, flags: u32, len: u64) -> SysResult<(Msg, OwnedFd)> {
+    fn make(&mut self, conn: RawFd, flags: u32, len: u64) -> SysResult<(Msg, OwnedFd)> {
         if self.fds.len() + self.made.len() + self.conns.len() + FD_RESERVE + crate::registry::POOL_SIZE >= self.fd_limit {
             return Err(Errno(libc::ENFILE));
         }
@@ -647,10 +655,47 @@ impl Server {
         let reply_fd = sys::dup(fd.as_raw_fd()).map_err(|_| Errno(libc::ENFILE))?;
         let n = fd.as_raw_fd();
         self.fds.insert(n, fd);
-        self.made.insert(n, Instant::now());
+        self.made.insert(n, conn);
         let mut r = Msg::reply(proto::MAKE, 0);
         (r.a, r.b) = (n as u64, ino);
         Ok((r, reply_fd))
+    }
+
+    /// NAMED: the creator published segment `serial` in `slot` with the memfd we
+    /// made for it as `fd` (or the segment is gone already: the memfd goes too).
+    fn named(&mut self, conn: RawFd, fd: RawFd, serial: u64, slot: usize) {
+        if self.made.get(&fd) != Some(&conn) {
+            return;
+        }
+        self.made.remove(&fd);
+        let s = self.reg.slot(slot);
+        if s.is_used() && s.serial.get() == serial && s.server_fd_of(self.gen, serial) == Some(fd) {
+            self.by_serial.insert(serial, fd);
+        } else {
+            self.fds.remove(&fd);
+        }
+    }
+
+    /// Memfds made for connection `conn` that no segment names: it died between
+    /// MAKE and publication.
+    fn abandon_made(&mut self, conn: RawFd) {
+        let mine: Vec<RawFd> = self.made.iter().filter(|(_, &c)| c == conn).map(|(&fd, _)| fd).collect();
+        if mine.is_empty() {
+            return;
+        }
+        let _g = self.reg.lock();
+        for fd in mine {
+            self.made.remove(&fd);
+            let named = (0..self.reg.slot_hwm()).map(|i| self.reg.slot(i)).find(|s| s.is_used() && s.server_fd_of(self.gen, s.serial.get()) == Some(fd));
+            match named {
+                Some(s) => {
+                    self.by_serial.insert(s.serial.get(), fd);
+                }
+                None => {
+                    self.fds.remove(&fd);
+                }
+            }
+        }
     }
 
     /// The memfd held for segment `serial` in `slot`.
@@ -880,7 +925,7 @@ impl Server {
                 e.fd.store(0, Ordering::Release);
             }
         }
-        self.made.retain(|fd, at| at.elapsed() < MADE_TTL && !named.contains(fd));
+        self.made.retain(|fd, _| !named.contains(fd));
         for fd in self.made.keys() {
             named.insert(*fd);
         }
@@ -891,8 +936,7 @@ impl Server {
     /// `shmshim check`: the registry's invariants, and that the memory of every
     /// segment is held (no id whose memory is gone).
     fn check(&mut self) -> Result<(), String> {
-        let mut g = self.reg.lock();
-        self.reap_unwatched(&mut g);
+        let g = self.reg.lock();
         g.check_invariants()?;
         for i in 0..g.slot_hwm() {
             let s = g.slot(i);
@@ -902,25 +946,32 @@ impl Server {
         }
         for p in g.used_procs() {
             let gen = g.proc_entry(p).gen.get();
-            let watched = self.watches.contains_key(&(p, gen)) || self.conns.values().any(|c| c.me == Some((p, gen)));
-            if !watched && !sys::pid_alive(g.proc_entry(p).pid.get()) {
-                return Err(format!("proc entry {p} (pid {}): dead, not detached, and not watched", g.proc_entry(p).pid.get()));
+            if !self.is_watched(p, gen) && g.proc_entry(p).rec_head.get() != crate::registry::NIL {
+                return Err(format!("proc entry {p} (pid {}): counts attaches but nobody watches for its death", g.proc_entry(p).pid.get()));
             }
         }
         Ok(())
     }
 
-    /// Entries nobody watches whose process is gone: a participant killed while
-    /// registering a fork child, before the child's connection was watched.
-    fn reap_unwatched(&self, g: &mut crate::registry::RegGuard) {
+    /// Entries nobody watches and that count nothing, seen so at two sweeps in a
+    /// row: a participant killed while registering a fork child, before it handed
+    /// the child's connection over. (Nothing else is unwatched for that long.)
+    fn reap_unwatched(&mut self, g: &mut crate::registry::RegGuard) {
         let unwatched: Vec<(usize, u32)> = g
             .used_procs()
             .map(|p| (p, g.proc_entry(p).gen.get()))
-            .filter(|&(p, gen)| !self.watches.contains_key(&(p, gen)) && !self.conns.values().any(|c| c.me == Some((p, gen))) && !sys::pid_alive(g.proc_entry(p).pid.get()))
+            .filter(|&(p, gen)| g.proc_entry(p).rec_head.get() == crate::registry::NIL && !self.is_watched(p, gen))
             .collect();
-        for (p, gen) in unwatched {
-            shm::apply_death(g, p, gen);
+        for &(p, gen) in &unwatched {
+            if self.unwatched.contains(&(p, gen)) {
+                shm::apply_death(g, p, gen);
+            }
         }
+        self.unwatched = unwatched;
+    }
+
+    fn is_watched(&self, p: usize, gen: u32) -> bool {
+        self.watches.contains_key(&(p, gen)) || self.conns.values().any(|c| c.me == Some((p, gen)))
     }
 
     fn pooled_for(&self, serial: u64) -> bool {

@@ -269,6 +269,9 @@ pub fn newseg_publish(g: &mut RegGuard, creds: &Creds, p: &GetParams, plan: &Pla
     if h.in_use.get() as u64 >= limit {
         return Err(Errno(libc::ENOSPC));
     }
+    // Room for this segment's attaches: a full filesystem fails the create, never
+    // a later shmat of a segment reported created.
+    g.reserve_headroom()?;
     let (idx, seq) = g.alloc_idx()?;
     let serial = h.next_serial.get();
     let s = g.slot(idx);
@@ -598,9 +601,8 @@ impl Drop for PoolClaim<'_> {
 /// Claims a memfd from the server's pool and opens it through /proc/SERVER/fd
 /// (possible for the server's uid), checked by inode. Lock-free with respect to
 /// the server (see `registry::PoolEntry`).
-fn take_pooled(reg: &Registry) -> Option<(OwnedFd, u64, PoolClaim<'_>)> {
+fn take_pooled(reg: &Registry, spid: i32) -> Option<(OwnedFd, u64, PoolClaim<'_>)> {
     let hdr = reg.header();
-    let spid = hdr.server_pid.get();
     if spid <= 0 {
         return None;
     }
@@ -650,9 +652,9 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
             None => {}
         }
     }
+    let _quiet = sys::block_signals();
     let mut local = LOCAL.lock();
-    let me = client::ensure_conn(&mut local, ns).map_err(client::unavailable)?;
-    let _ = me;
+    client::ensure_conn(&mut local, ns).map_err(client::unavailable)?;
     create_local(&mut local, ns, &mut creds, &p)
 }
 
@@ -674,12 +676,17 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
             let gen = local.conn.as_ref().map(|c| c.server_gen).unwrap_or(0);
             let (id, idx, serial) = newseg_publish(&mut g, creds, p, &plan, ino, Holder::Server { fd: server_fd, gen })?;
+            drop(g);
+            let mut named = Msg::new(proto::NAMED);
+            (named.a, named.b, named.c) = (server_fd as u32 as u64, serial, idx as u64);
+            client::notify(local, &named);
             local.cache_fd(idx, serial, ino, fd);
             return Ok(id);
         }
         let gen_ok = local.conn.as_ref().map(|c| c.server_gen) == Some(g.hdr().server_gen.get());
+        let spid = local.conn.as_ref().map(|c| c.server_pid).unwrap_or(0);
         if !plan.hugetlb && gen_ok {
-            if let Some((fd, ino, claim)) = take_pooled(g.reg) {
+            if let Some((fd, ino, claim)) = take_pooled(g.reg, spid) {
                 sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
                 let h = g.hdr();
                 let (id, idx, serial) = newseg_publish(&mut g, creds, p, &plan, ino, Holder::Pool(claim))?;
@@ -731,6 +738,7 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     }
     let (addr, prot, acc) = shmat_args(shmaddr, flg)?;
     let fixed = shmaddr != 0;
+    let _quiet = sys::block_signals();
     let ns = process::namespace()?;
     client::sync(ns)?;
     let mut local = LOCAL.lock();
@@ -837,7 +845,7 @@ fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -
         return Ok((fd, None));
     }
     let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == info.ino).unwrap_or(false);
-    let spid = ns.reg.header().server_pid.get();
+    let spid = local.conn.as_ref().map(|c| c.server_pid).unwrap_or(0);
     let from_proc = info.server_fd.filter(|_| spid > 0).and_then(|n| sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/{spid}/fd/{n}"))), libc::O_RDWR, 0).ok()).filter(is_seg);
     let fd = match from_proc {
         Some(fd) => fd,
@@ -866,6 +874,7 @@ pub fn shmdt(addr: usize) -> SysResult<()> {
         return einval(); // S70
     }
     let Some(ns) = process::namespace_if_open() else { return einval() };
+    let _quiet = sys::block_signals();
     let mut local = LOCAL.lock();
     let mut best: Option<(usize, usize)> = None; // (frag addr, attach index)
     for (ai, a) in local.attaches.iter().enumerate() {
@@ -964,6 +973,7 @@ fn apply_local(local: &mut Local, addr: usize, len: usize, change: VmChange) -> 
 /// between the system call and its bookkeeping.
 pub fn vm_changed(addr: usize, len: usize, change: VmChange, op: impl FnOnce() -> SysResult<usize>) -> SysResult<usize> {
     let Some(ns) = process::namespace_if_open() else { return op() };
+    let _quiet = sys::block_signals();
     let mut local = LOCAL.lock();
     let at = op()?;
     let addr = if addr == 0 { at } else { addr };
@@ -977,6 +987,7 @@ pub fn vm_changed(addr: usize, len: usize, change: VmChange, op: impl FnOnce() -
 /// shmdt(new address) works and shmdt(old) fails (S74).
 pub fn vm_remapped(old: usize, old_len: usize, new_len: usize, op: impl FnOnce() -> SysResult<usize>) -> SysResult<usize> {
     let Some(ns) = process::namespace_if_open() else { return op() };
+    let _quiet = sys::block_signals();
     let mut local = LOCAL.lock();
     let new = op()?;
     let moved = local.attaches.iter().find_map(|a| a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, a.map_len, f.pgoff + (old - f.addr), f.flags)));
@@ -1039,13 +1050,18 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
     }
     let ns = process::namespace()?;
     client::sync(ns)?;
+    // Reading commands allocate nothing; the others may (descriptor sweeps).
+    let reads = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY | IPC_INFO);
+    let _quiet = (!reads).then(sys::block_signals);
     let (ret, out) = if ns.reg.writable {
         // LOCAL first (lock order), so that descriptors of segments this call
         // destroys are dropped before it returns.
         let mut local = LOCAL.lock();
         let mut g = ns.reg.lock();
         let r = shmctl_locked(&mut g, &mut Creds::current(), id, cmd, &setbuf, &|s| resident_pages(&ns.reg, s, Some(&local)));
-        local.sweep_fds(&g);
+        if !reads {
+            local.sweep_fds(&g);
+        }
         r?
     } else {
         let mut m = Msg::new(proto::SHMCTL);
@@ -1084,6 +1100,7 @@ pub struct SegStat {
 
 /// Every segment in index order (for `shmshim ls`, /proc/sysvipc/shm).
 pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
+    let _quiet = sys::block_signals();
     let _ = client::sync(ns);
     let local = LOCAL.try_lock();
     let reg = &ns.reg;

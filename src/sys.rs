@@ -949,3 +949,27 @@ pub fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || errno() == libc::EPERM)
 }
+
+/// Blocks every signal on this thread until dropped: a handler cannot run in the
+/// middle of shim code that allocates (it would deadlock on the allocator's lock
+/// if it made a SysV call itself); pending signals arrive when the guard goes.
+pub struct SigBlock(libc::sigset_t);
+
+pub fn block_signals() -> SigBlock {
+    // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask write only into
+    // the sets we pass.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        SigBlock(old)
+    }
+}
+
+impl Drop for SigBlock {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by block_signals.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}

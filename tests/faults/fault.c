@@ -1,0 +1,242 @@
+/* fault — one SysV operation per run, for the fault and hostile-user tests
+ * (scripts/faults).  Every command prints what it observed on one line:
+ * "ok ...", or the errno name of the call that failed.
+ *
+ *   fault create KEY SIZE MODE     shmget(IPC_CREAT); prints "ok ID"
+ *   fault find KEY                 shmget(KEY, 0, 0)
+ *   fault hold KEY SIZE MODE SECS  create, attach, fill with a pattern, print
+ *                                  "ready", sleep SECS, check the pattern
+ *   fault read KEY                 attach read-only, check the pattern
+ *   fault write KEY                attach read-write, write one byte
+ *   fault rdonly-mprotect KEY      attach SHM_RDONLY, then mprotect(PROT_WRITE)
+ *   fault stat KEY                 IPC_STAT: "ok uid=U mode=M nattch=N"
+ *   fault set KEY MODE [GID]       IPC_SET of the mode (and group)
+ *   fault rm KEY                   IPC_RMID
+ *   fault lock KEY                 SHM_LOCK
+ *   fault many N                   N IPC_PRIVATE creates, then attach+detach each
+ *                                  and IPC_RMID each: "created=C errno=E
+ *                                  attached=A lost=L"
+ *   fault signal SECS              SysV calls from a SIGALRM handler firing
+ *                                  every 200 us while the main loop makes them
+ *                                  too: "ok handler_ok=X handler_edeadlk=Y"
+ *   fault setuid UID KEY           drop to UID before the first SysV call, then
+ *                                  create, attach, write, read back, stat, remove
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *en(int e) {
+    switch (e) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EACCES: return "EACCES";
+    case EINVAL: return "EINVAL";
+    case ENOMEM: return "ENOMEM";
+    case ENOSPC: return "ENOSPC";
+    case ENFILE: return "ENFILE";
+    case EMFILE: return "EMFILE";
+    case EIDRM: return "EIDRM";
+    case ENOSYS: return "ENOSYS";
+    case EDEADLK: return "EDEADLK";
+    case EEXIST: return "EEXIST";
+    default: return "E?";
+    }
+}
+
+static int fail(const char *what) {
+    printf("%s %s\n", what, en(errno));
+    return 1;
+}
+
+static unsigned char pat(long i) { return (unsigned char)(i * 7 + 3); }
+
+static int find(const char *k) {
+    return shmget((key_t)strtoul(k, 0, 0), 0, 0);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    const char *cmd = argv[1];
+    setvbuf(stdout, 0, _IOLBF, 0);
+    if (!strcmp(cmd, "create") && argc == 5) {
+        int id = shmget((key_t)strtoul(argv[2], 0, 0), strtoul(argv[3], 0, 0), IPC_CREAT | (int)strtol(argv[4], 0, 8));
+        if (id < 0) return fail("shmget");
+        printf("ok %d\n", id);
+        return 0;
+    }
+    if (!strcmp(cmd, "find") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        printf("ok %d\n", id);
+        return 0;
+    }
+    if (!strcmp(cmd, "hold") && argc == 6) {
+        size_t size = strtoul(argv[3], 0, 0);
+        int id = shmget((key_t)strtoul(argv[2], 0, 0), size, IPC_CREAT | (int)strtol(argv[4], 0, 8));
+        if (id < 0) return fail("shmget");
+        unsigned char *p = shmat(id, 0, 0);
+        if (p == (void *)-1) return fail("shmat");
+        for (size_t i = 0; i < size; i++) p[i] = pat(i);
+        printf("ready\n");
+        sleep(atoi(argv[5]));
+        for (size_t i = 0; i < size; i++)
+            if (p[i] != pat(i)) { printf("pattern broken at %zu\n", i); return 1; }
+        printf("ok pattern intact\n");
+        return shmdt(p) ? fail("shmdt") : 0;
+    }
+    if (!strcmp(cmd, "read") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        unsigned char *p = shmat(id, 0, SHM_RDONLY);
+        if (p == (void *)-1) return fail("shmat");
+        struct shmid_ds ds;
+        if (shmctl(id, IPC_STAT, &ds)) return fail("IPC_STAT");
+        for (size_t i = 0; i < ds.shm_segsz; i++)
+            if (p[i] != pat(i)) { printf("pattern broken at %zu\n", i); return 1; }
+        printf("ok pattern intact\n");
+        return shmdt(p) ? fail("shmdt") : 0;
+    }
+    if (!strcmp(cmd, "write") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        unsigned char *p = shmat(id, 0, 0);
+        if (p == (void *)-1) return fail("shmat");
+        p[0] = 0xee;
+        printf("ok\n");
+        return shmdt(p) ? fail("shmdt") : 0;
+    }
+    if (!strcmp(cmd, "rdonly-mprotect") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        unsigned char *p = shmat(id, 0, SHM_RDONLY);
+        if (p == (void *)-1) return fail("shmat");
+        if (mprotect(p, 4096, PROT_READ | PROT_WRITE) == 0) { printf("mprotect succeeded\n"); return 1; }
+        return fail("mprotect");
+    }
+    if (!strcmp(cmd, "stat") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        struct shmid_ds ds;
+        if (shmctl(id, IPC_STAT, &ds)) return fail("IPC_STAT");
+        printf("ok uid=%u mode=%o nattch=%lu\n", ds.shm_perm.uid, ds.shm_perm.mode & 0777, (unsigned long)ds.shm_nattch);
+        return 0;
+    }
+    if (!strcmp(cmd, "set") && (argc == 4 || argc == 5)) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        struct shmid_ds ds;
+        memset(&ds, 0, sizeof ds);
+        ds.shm_perm.uid = getuid();
+        ds.shm_perm.gid = argc == 5 ? (gid_t)atoi(argv[4]) : getgid();
+        ds.shm_perm.mode = (int)strtol(argv[3], 0, 8);
+        if (shmctl(id, IPC_SET, &ds)) return fail("IPC_SET");
+        printf("ok\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "rm") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        if (shmctl(id, IPC_RMID, 0)) return fail("IPC_RMID");
+        printf("ok\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "lock") && argc == 3) {
+        int id = find(argv[2]);
+        if (id < 0) return fail("shmget");
+        if (shmctl(id, SHM_LOCK, 0)) return fail("SHM_LOCK");
+        printf("ok\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "many") && argc == 3) {
+        int n = atoi(argv[2]), created = 0, attached = 0, lost = 0, err = 0;
+        int *ids = calloc(n, sizeof *ids);
+        for (int i = 0; i < n; i++) {
+            int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+            if (id < 0) { err = errno; break; }
+            ids[created++] = id;
+        }
+        for (int i = 0; i < created; i++) {
+            char *p = shmat(ids[i], 0, 0);
+            if (p == (void *)-1) { lost++; continue; }
+            p[0] = 1;
+            shmdt(p);
+            attached++;
+        }
+        for (int i = 0; i < created; i++) shmctl(ids[i], IPC_RMID, 0);
+        printf("created=%d errno=%s attached=%d lost=%d\n", created, err ? en(err) : "0", attached, lost);
+        return lost != 0;
+    }
+    if (!strcmp(cmd, "signal") && argc == 3) {
+        static volatile sig_atomic_t ok, dead, other;
+        int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+        if (id < 0) return fail("shmget");
+        static int sid;
+        sid = id;
+        void handler(int s) {
+            (void)s;
+            int e = errno;
+            struct shmid_ds ds;
+            void *p = shmat(sid, 0, 0);
+            if (p == (void *)-1) {
+                if (errno == EDEADLK) dead++; else other++;
+            } else {
+                if (shmctl(sid, IPC_STAT, &ds) == 0 && shmdt(p) == 0) ok++; else other++;
+            }
+            errno = e;
+        }
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = handler;
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGALRM, &sa, 0);
+        struct itimerval it = {{0, 200}, {0, 200}};
+        setitimer(ITIMER_REAL, &it, 0);
+        time_t end = time(0) + atoi(argv[2]);
+        long loops = 0;
+        while (time(0) < end) {
+            void *p = shmat(id, 0, 0);
+            struct shmid_ds ds;
+            if (p != (void *)-1) { shmctl(id, IPC_STAT, &ds); shmdt(p); }
+            loops++;
+        }
+        struct itimerval off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_REAL, &off, 0);
+        shmctl(id, IPC_RMID, 0);
+        printf("ok loops>0=%d handler_ok>0=%d other=%d\n", loops > 0, ok > 0, (int)other);
+        fprintf(stderr, "loops=%ld handler_ok=%d handler_edeadlk=%d other=%d\n", loops, (int)ok, (int)dead, (int)other);
+        return 0;
+    }
+    if (!strcmp(cmd, "setuid") && argc == 4) {
+        uid_t uid = (uid_t)atoi(argv[2]);
+        if (setgid(uid) || setuid(uid)) return fail("setuid");
+        int id = shmget((key_t)strtoul(argv[3], 0, 0), 8192, IPC_CREAT | IPC_EXCL | 0600);
+        if (id < 0) return fail("shmget");
+        char *p = shmat(id, 0, 0);
+        if (p == (void *)-1) return fail("shmat");
+        strcpy(p, "dropped");
+        struct shmid_ds ds;
+        if (shmctl(id, IPC_STAT, &ds)) return fail("IPC_STAT");
+        char *q = shmat(id, 0, SHM_RDONLY);
+        if (q == (void *)-1) return fail("shmat2");
+        int same = strcmp(q, "dropped") == 0;
+        shmdt(q);
+        shmdt(p);
+        if (shmctl(id, IPC_RMID, 0)) return fail("IPC_RMID");
+        printf("ok uid=%u nattch=%lu same=%d\n", ds.shm_perm.uid, (unsigned long)ds.shm_nattch, same);
+        return 0;
+    }
+    fprintf(stderr, "fault: bad command\n");
+    return 2;
+}
