@@ -3,7 +3,7 @@
 //! costs one branch.
 
 use crate::sys::{self, Errno};
-use once_cell::sync::OnceCell;
+use std::sync::OnceLock as OnceCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 enum Sink {
