@@ -22,7 +22,7 @@ enum Source {
 }
 
 pub struct Creds {
-    pub pid: i32,
+    pid: Option<i32>,
     pub euid: u32,
     pub egid: u32,
     /// Real uid (charged for SHM_LOCK, S108).
@@ -37,7 +37,7 @@ pub struct Creds {
 impl Creds {
     pub fn current() -> Creds {
         let (euid, egid) = sys::eids();
-        Creds { pid: sys::getpid(), euid, egid, uid: None, fsgid: None, caps: None, groups: None, memlock: None, source: Source::Current }
+        Creds { pid: None, euid, egid, uid: None, fsgid: None, caps: None, groups: None, memlock: None, source: Source::Current }
     }
 
     /// The credentials of process `pid` (as reported by the kernel for a request),
@@ -62,7 +62,7 @@ impl Creds {
             .map(|v| if v == "unlimited" { libc::RLIM_INFINITY } else { v.parse().unwrap_or(0) })
             .unwrap_or(0);
         Ok(Creds {
-            pid,
+            pid: Some(pid),
             euid: num(&uids, 1).unwrap_or(euid),
             egid: num(&gids, 1).unwrap_or(egid),
             uid: num(&uids, 0),
@@ -72,6 +72,11 @@ impl Creds {
             memlock: Some(memlock),
             source: Source::Peer,
         })
+    }
+
+    /// The acting process's pid (S24: shm_cpid).
+    pub fn pid(&mut self) -> i32 {
+        *self.pid.get_or_insert_with(sys::getpid)
     }
 
     pub fn capable(&mut self, cap: u32) -> bool {
@@ -125,7 +130,7 @@ mod tests {
     use super::*;
 
     fn peer(euid: u32, egid: u32, groups: Vec<u32>, caps: u64) -> Creds {
-        Creds { pid: 1, euid, egid, uid: Some(euid), fsgid: Some(egid), caps: Some(caps), groups: Some(groups), memlock: Some(0), source: Source::Peer }
+        Creds { pid: Some(1), euid, egid, uid: Some(euid), fsgid: Some(egid), caps: Some(caps), groups: Some(groups), memlock: Some(0), source: Source::Peer }
     }
 
     fn slot(uid: u32, gid: u32, mode: u32) -> Slot {

@@ -163,6 +163,10 @@ pub struct Header {
     _pad3: u32,
     /// Atomic, written by the server: bumped by each server that starts.
     pub server_gen: U64,
+    /// A robust mutex the running server holds for its whole life (reached only
+    /// through a raw pointer): when it dies, the kernel marks the mutex's word
+    /// "owner died", so anyone can tell a live server with one load.
+    server_alive: libc::pthread_mutex_t,
     /// Atomic: bumped whenever a creator takes a pooled memfd (the server refills).
     pub pool_taken: U64,
     /// Atomic: 1 once a creator has asked the server to refill a half-empty pool;
@@ -444,9 +448,12 @@ impl Registry {
         h.rec_size.set(std::mem::size_of::<Rec>() as u32);
         h.file_size.set(FILE_SIZE as u64);
         h.shared.set(shared as u32);
-        // SAFETY: the mutex lies inside the mapping, in a file no other process has
-        // opened yet, so nobody else can touch it while it is initialised.
-        unsafe { sys::init_robust_mutex(reg.mutex_ptr()) };
+        // SAFETY: the mutexes lie inside the mapping, in a file no other process has
+        // opened yet, so nobody else can touch them while they are initialised.
+        unsafe {
+            sys::init_robust_mutex(reg.mutex_ptr());
+            sys::init_robust_mutex(reg.alive_ptr());
+        }
         h.shmmax.set(limits.shmmax);
         h.shmall.set(limits.shmall);
         h.shmmni.set(limits.shmmni);
@@ -503,6 +510,41 @@ impl Registry {
         // SAFETY: the offset of `mutex` lies inside the mapped header; no reference
         // to it is formed.
         unsafe { std::ptr::addr_of_mut!((*(self.base as *mut Header)).mutex) }
+    }
+
+    fn alive_ptr(&self) -> *mut libc::pthread_mutex_t {
+        // SAFETY: as for `mutex_ptr`.
+        unsafe { std::ptr::addr_of_mut!((*(self.base as *mut Header)).server_alive) }
+    }
+
+    /// Called by the server once, at start: holds the liveness mutex until the
+    /// process ends (a predecessor that died holding it hands it over).
+    pub fn hold_server_alive(&self) {
+        // SAFETY: the robust mutex built with the file; this thread (the server's
+        // only one) keeps it locked for the life of the process.
+        unsafe {
+            if sys::robust_mutex_lock(self.alive_ptr()) == libc::EOWNERDEAD {
+                sys::robust_mutex_consistent(self.alive_ptr());
+            }
+        }
+    }
+
+    /// Called by a server that leaves by itself.
+    pub fn release_server_alive(&self) {
+        // SAFETY: the server's thread holds it (hold_server_alive).
+        unsafe { sys::robust_mutex_unlock(self.alive_ptr()) };
+    }
+
+    /// Whether a server holds the liveness mutex now: its owner field names a
+    /// thread and the kernel has not marked the owner dead. One atomic load of the
+    /// mutex's lock word (glibc's robust mutexes keep the owner's tid there, and
+    /// the kernel sets FUTEX_OWNER_DIED in it when that thread dies).
+    pub fn server_alive(&self) -> bool {
+        // SAFETY: the first 4 bytes of a pthread_mutex_t are its futex word, an
+        // aligned u32 inside the mapping; read atomically, never through a
+        // reference to the mutex.
+        let word = unsafe { (*(self.alive_ptr() as *const std::sync::atomic::AtomicU32)).load(Ordering::Acquire) };
+        word & libc::FUTEX_TID_MASK != 0 && word & libc::FUTEX_OWNER_DIED == 0
     }
 
     /// Whether this is a shared (multi-user) namespace's registry.

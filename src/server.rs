@@ -243,6 +243,7 @@ impl Server {
     /// are detached, live ones are watched by pidfd, and every segment's memory is
     /// found in a live participant (by inode) or the segment is removed whole.
     fn adopt(&mut self) {
+        self.reg.hold_server_alive();
         let entries: Vec<(usize, i32, u32, u64)> = {
             let g = self.reg.lock();
             let h = g.hdr();
@@ -376,6 +377,7 @@ impl Server {
                     e.fd.store(0, Ordering::Release);
                 }
                 g.hdr().server_pid.set(0);
+                self.reg.release_server_alive();
                 drop(g);
                 return 0;
             }

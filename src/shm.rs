@@ -263,7 +263,7 @@ pub enum Holder<'a> {
 
 /// newseg's second half: the shmmni check (ipc_addid, S37) and publication. The
 /// memory is held by the server before the segment becomes visible.
-pub fn newseg_publish(g: &mut RegGuard, creds: &Creds, p: &GetParams, plan: &Plan, ino: u64, holder: Holder) -> SysResult<(i32, usize, u64)> {
+pub fn newseg_publish(g: &mut RegGuard, creds: &mut Creds, p: &GetParams, plan: &Plan, ino: u64, holder: Holder) -> SysResult<(i32, usize, u64)> {
     let h = g.hdr();
     let limit = h.shmmni.get().min(MAX_SLOTS as u64);
     if h.in_use.get() as u64 >= limit {
@@ -292,7 +292,7 @@ pub fn newseg_publish(g: &mut RegGuard, creds: &Creds, p: &GetParams, plan: &Pla
     s.gid.set(creds.egid);
     s.cgid.set(creds.egid);
     s.seq.set(seq);
-    s.cpid.set(creds.pid);
+    s.cpid.set(creds.pid());
     s.lpid.set(0);
     s.lock_uid.set(0);
     s.segsz.set(p.size as u64); // S25
@@ -634,17 +634,30 @@ fn take_pooled(reg: &Registry, spid: i32) -> Option<(OwnedFd, u64, PoolClaim<'_>
 /// shmget(2): lookup or creation (S22–S48).
 pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
     let ns = process::namespace()?;
-    client::sync(ns)?;
     let p = GetParams { key, size, flg };
+    let mut creds = Creds::current();
+    if key != 0 {
+        // Fast path: a lookup reads a consistent snapshot without the lock. Deaths
+        // not yet applied change no lookup (a segment they would destroy is
+        // removed already, so its key is gone); a dead server would (its segments
+        // may have lost their memory), and that is one load to rule out.
+        if ns.reg.server_alive() || ns.reg.header().in_use.get() == 0 {
+            let found = ns.reg.read(|r| r.find_key(key).map(|slot| lookup_checks(r, &mut Creds::current(), slot, &p)));
+            match found {
+                Ok(Some(r)) => return r,
+                Ok(None) if flg & IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
+                _ => {}
+            }
+        }
+    }
+    client::sync(ns)?;
     if !ns.reg.writable {
         let mut m = Msg::new(proto::SHMGET);
         (m.a, m.b, m.c) = (key as u32 as u64, size as u64, flg as u32 as u64);
         let mut local = LOCAL.lock();
         return client::request(&mut local, ns, &m, &[]).map(|(r, _)| r.a as i32).map_err(client::unavailable);
     }
-    let mut creds = Creds::current();
     if key != 0 {
-        // Fast path: a lookup needs only the registry lock.
         let g = ns.reg.lock();
         match g.find_key(key) {
             Some(slot) => return lookup_checks(&g, &mut creds, slot, &p),

@@ -23,7 +23,7 @@ fn create(g: &mut RegGuard, key: i32, pages: u64) -> i32 {
     let p = GetParams { key, size: pages as usize * 4096, flg: 0o1600 };
     let mut creds = Creds::current();
     let plan = shm::newseg_plan(g, &mut creds, &p).expect("plan");
-    shm::newseg_publish(g, &creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }).expect("publish").0
+    shm::newseg_publish(g, &mut creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }).expect("publish").0
 }
 
 fn remove(g: &mut RegGuard, id: i32) {
@@ -331,7 +331,7 @@ fn a_full_filesystem_fails_the_call_that_needs_space_never_a_later_access() {
             let p = GetParams { key: 0, size: 4096, flg: 0o1600 };
             let mut creds = Creds::current();
             let plan = shm::newseg_plan(&g, &mut creds, &p).unwrap();
-            match shm::newseg_publish(&mut g, &creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }) {
+            match shm::newseg_publish(&mut g, &mut creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }) {
                 Ok(_) => created += 1,
                 Err(e) => {
                     err = Some(e);
