@@ -436,6 +436,8 @@ fn send_patiently(sock: RawFd, m: &Msg, fds: &[RawFd]) -> SysResult<()> {
 pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
     let pid = sys::getpid();
     local.pid = pid;
+    // A HELLO the parent is waiting for is the parent's: our copy of its socket goes.
+    local.pending = None;
     let parent = local.conn.take();
     match (child, parent) {
         (Some(c), Some(p)) => {

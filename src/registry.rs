@@ -718,6 +718,20 @@ impl Registry {
         self.walk(self.slot(slot).rec_head.get(), |r| r.next_slot.get())
     }
 
+    /// Process `p`'s record for the current incarnation of `slot`.
+    pub fn find_rec(&self, p: usize, slot: usize) -> Option<u32> {
+        let serial = self.slot(slot).serial.get();
+        self.proc_recs(p).find(|&r| {
+            let rec = self.rec(r as usize);
+            rec.slot.get() as usize == slot && rec.serial.get() == serial
+        })
+    }
+
+    /// The number of fragments entry `p` has of `slot`'s current incarnation.
+    pub fn rec_count(&self, p: usize, slot: usize) -> u32 {
+        self.find_rec(p, slot).map(|r| self.rec(r as usize).count.get()).unwrap_or(0)
+    }
+
     pub fn slot_hwm(&self) -> usize {
         Self::bound(&self.header().slot_hwm, MAX_SLOTS).min(Self::bound(&self.header().slots_backed, MAX_SLOTS))
     }
@@ -962,15 +976,6 @@ impl<'a> RegGuard<'a> {
 
     // ------------------------------------------------------------- records
 
-    /// Process `p`'s record for the current incarnation of `slot`.
-    fn find_rec(&self, p: usize, slot: usize) -> Option<u32> {
-        let serial = self.slot(slot).serial.get();
-        self.proc_recs(p).find(|&r| {
-            let rec = self.rec(r as usize);
-            rec.slot.get() as usize == slot && rec.serial.get() == serial
-        })
-    }
-
     /// Adds `n` fragments of `slot` to process entry `p` (ENOMEM when the record
     /// table is full, ENOSPC when the filesystem is).
     pub fn rec_add(&mut self, p: usize, slot: usize, n: u32) -> SysResult<()> {
@@ -1017,11 +1022,6 @@ impl<'a> RegGuard<'a> {
                 self.rec_free(r);
             }
         }
-    }
-
-    /// The number of fragments entry `p` has of `slot`'s current incarnation.
-    pub fn rec_count(&self, p: usize, slot: usize) -> u32 {
-        self.find_rec(p, slot).map(|r| self.rec(r as usize).count.get()).unwrap_or(0)
     }
 
     /// Unlinks record `r` from both lists and frees it.

@@ -1062,6 +1062,30 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         sys::copy_from_user(&mut setbuf, buf)?;
     }
     let ns = process::namespace()?;
+    if matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY) && ns.reg.server_alive() {
+        // Fast path: a snapshot without the lock. Only the deaths of other
+        // attachers can change what this reports; with none, nothing pending
+        // matters and no system call is needed.
+        let me = process::my_entry();
+        let r = ns.reg.read(|r| {
+            let slot = if cmd == IPC_STAT { r.slot_of_id(id) } else { Some(id_idx(id)).filter(|&i| r.slot(i).is_used()) };
+            let mine = match (slot, me) {
+                (Some(s), Some(me)) => r.rec_count(me, s) as u64,
+                _ => 0,
+            };
+            match slot {
+                Some(s) if r.slot(s).nattch.get() > mine => None,
+                _ => Some(shmctl_stat(r, &mut Creds::current(), id, cmd)),
+            }
+        });
+        if let Ok(Some(r)) = r {
+            let (ret, out) = r?;
+            if let Some((bytes, len)) = out {
+                sys::copy_to_user(buf, &bytes[..len])?;
+            }
+            return Ok(ret);
+        }
+    }
     client::sync(ns)?;
     // Reading commands allocate nothing; the others may (descriptor sweeps).
     let reads = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY | IPC_INFO);
@@ -1076,6 +1100,10 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             local.sweep_fds(&g);
         }
         r?
+    } else if reads && cmd != IPC_INFO {
+        // A shared namespace's client reads the registry it maps, once the server
+        // has applied every death the kernel reported (sync above).
+        ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)).map_err(|_| Errno(libc::ENOMEM))??
     } else {
         let mut m = Msg::new(proto::SHMCTL);
         (m.a, m.b) = (id as u32 as u64, cmd as u32 as u64);
