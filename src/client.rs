@@ -5,7 +5,7 @@
 //! Timeouts: every wait for the server is bounded ([`REPLY_TIMEOUT`]); a stopped or
 //! dead server makes the calls that need it fail with a kernel errno, never hang.
 
-use crate::process::{Conn, HeldFd, Local, Namespace, EPFD, LOCAL};
+use crate::process::{self, Conn, HeldFd, Local, Namespace, EPFD, LOCAL};
 use crate::proto::{self, Msg};
 use crate::registry::Registry;
 use crate::sys::{self, Errno, SysResult};
@@ -192,6 +192,7 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
     local.conn = Some(Conn { sock, ep, death, server_gen: reply.c, server_pid });
     local.me = Some(me);
     crate::process::set_my_entry(Some(me));
+    process::DEATHFD.store(death, Ordering::Release);
     EPFD.store(ep, Ordering::Release);
     Ok(me)
 }
@@ -200,6 +201,7 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
 /// now, so nothing is closed.
 fn drop_conn(c: Conn, closed_by_program: bool) {
     EPFD.store(-1, Ordering::Release);
+    process::DEATHFD.store(-1, Ordering::Release);
     if closed_by_program {
         c.sock.forget();
         return;
@@ -246,6 +248,24 @@ pub fn sync(ns: &Namespace) -> SysResult<()> {
             _ => {}
         }
     }
+    // The report of a server death is believed only if the death pipe or the
+    // server's liveness mutex agrees (in a shared namespace anyone can add items to
+    // the instance).
+    if server_died {
+        let pipe = process::DEATHFD.load(Ordering::Acquire);
+        server_died = (pipe >= 0 && sys::poll_in(pipe, 0)) || !ns.reg.server_alive();
+    }
+    if !ns.reg.writable {
+        // Reports already synced once and still there are not the server's: skip.
+        let mut seen = SYNCED.lock();
+        deaths.retain(|&(e, g)| !seen.contains(&(e, g)));
+        if !deaths.is_empty() {
+            if seen.len() > 1024 {
+                seen.clear();
+            }
+            seen.extend(deaths.iter().copied());
+        }
+    }
     if !deaths.is_empty() {
         if ns.reg.writable {
             let mut g = ns.reg.lock();
@@ -265,6 +285,9 @@ pub fn sync(ns: &Namespace) -> SysResult<()> {
     }
     Ok(())
 }
+
+/// Death reports a shared namespace's client has asked its server about.
+static SYNCED: crate::fsmutex::FsMutex<Vec<(usize, u32)>> = crate::fsmutex::FsMutex::new(Vec::new());
 
 /// Registers with the current server (after its predecessor died, or after the
 /// program closed our descriptors), without waiting for it: once a server has

@@ -160,6 +160,8 @@ pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
 static ME: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The shared epoll descriptor (-1: not connected), readable without LOCAL.
 pub static EPFD: AtomicI32 = AtomicI32::new(-1);
+/// The server-death pipe's read end (-1: not connected), readable without LOCAL.
+pub static DEATHFD: AtomicI32 = AtomicI32::new(-1);
 
 pub fn my_entry() -> Option<usize> {
     let v = ME.load(Ordering::Acquire);

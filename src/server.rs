@@ -5,8 +5,9 @@
 //!
 //! # Events
 //! The server waits on its own epoll instance for: the listening socket, every
-//! connection (requests), the directory (inotify: removing the namespace directory
-//! ends the server), and the *shared* epoll instance. That second instance holds,
+//! connection (requests, and its hang-up: the participant's death), pidfds of
+//! participants adopted after a restart, and the directory (inotify: removing the
+//! namespace directory ends the server). A second, *shared* epoll instance holds,
 //! per participant, something the kernel closes when the process exits, execs or
 //! is killed (its connection, or a pidfd for a participant adopted after a server
 //! restart), registered for hang-up only, plus the read end of a pipe whose write
@@ -48,8 +49,15 @@ pub const LINGER: Duration = Duration::from_millis(300);
 /// them fails with ENFILE at the shmget that asked.
 const FD_RESERVE: usize = 64;
 
+/// vm.max_map_count's default: no process has more VMAs, so no participant more
+/// fragments of one segment.
+const MAX_MAP_COUNT: u32 = 65530;
+
+/// Connections one user may hold to a shared namespace's server.
+const CONNS_PER_UID: usize = 16384;
+
 const TAG_LISTEN: u64 = 1;
-const TAG_SHARED: u64 = 2;
+const TAG_WATCH: u64 = 1 << 41;
 const TAG_INOTIFY: u64 = 3;
 const TAG_CONN: u64 = 1 << 40;
 
@@ -70,6 +78,8 @@ struct ConnState {
     recs: Vec<(usize, u64, u32)>,
     /// Where the connection is registered in the shared epoll instance.
     watched: bool,
+    /// The peer's uid when it connected (connections are limited per uid).
+    uid: u32,
 }
 
 struct Server {
@@ -196,7 +206,6 @@ impl Server {
         let shared_ep = sys::epoll_create()?;
         let (death_r, death_w) = sys::pipe()?;
         sys::epoll_add(shared_ep.as_raw_fd(), death_r.as_raw_fd(), 0, proto::ev_data(proto::EV_SERVER, 0, 0))?;
-        sys::epoll_add(own_ep.as_raw_fd(), shared_ep.as_raw_fd(), libc::EPOLLIN as u32, TAG_SHARED)?;
         let inotify = sys::inotify_watch(&opts.dir, libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_DELETE | libc::IN_MOVED_FROM).ok();
         if let Some(i) = &inotify {
             sys::epoll_add(own_ep.as_raw_fd(), i.as_raw_fd(), libc::EPOLLIN as u32, TAG_INOTIFY)?;
@@ -288,7 +297,10 @@ impl Server {
                     shm::shm_close_frags(&mut g, p, slot, serial, n, pid);
                 }
             }
-            if sys::epoll_add(self.shared_ep.as_raw_fd(), pidfd.as_raw_fd(), libc::EPOLLIN as u32, proto::ev_data(proto::EV_PIDFD, p, gen)).is_ok() {
+            let n = pidfd.as_raw_fd();
+            if sys::epoll_add(self.shared_ep.as_raw_fd(), n, libc::EPOLLIN as u32, proto::ev_data(proto::EV_PIDFD, p, gen)).is_ok()
+                && sys::epoll_add(self.own_ep.as_raw_fd(), n, libc::EPOLLIN as u32, TAG_WATCH | n as u64).is_ok()
+            {
                 self.watches.insert((p, gen), pidfd);
             }
         }
@@ -338,7 +350,7 @@ impl Server {
             for tag in tags {
                 match tag {
                     TAG_LISTEN => self.accept_all(),
-                    TAG_SHARED => self.apply_deaths(),
+                    t if t & TAG_WATCH != 0 => self.watch_fired((t & 0xffff_ffff) as RawFd),
                     TAG_INOTIFY => {
                         if let Some(i) = &self.inotify {
                             sys::drain(i.as_raw_fd());
@@ -401,50 +413,58 @@ impl Server {
         while let Ok(fd) = sys::accept(self.listen.as_raw_fd()) {
             sys::set_passcred(fd.as_raw_fd());
             let n = fd.as_raw_fd();
+            let uid = sys::peercred(n).map(|c| c.uid).unwrap_or(u32::MAX);
+            // One user cannot take every descriptor the server has from the others.
+            if self.shared && uid != 0 && self.conns.values().filter(|c| c.uid == uid).count() >= CONNS_PER_UID {
+                continue;
+            }
             if sys::epoll_add(self.own_ep.as_raw_fd(), n, libc::EPOLLIN as u32, TAG_CONN | n as u64).is_ok() {
-                self.conns.insert(n, ConnState { _fd: fd, me: None, recs: Vec::new(), watched: false });
+                self.conns.insert(n, ConnState { _fd: fd, me: None, recs: Vec::new(), watched: false, uid });
             }
         }
     }
 
-    /// Applies every death the shared epoll instance reports, and drops its watch.
+    /// Applies the deaths the shared epoll instance reports, each confirmed on the
+    /// server's own descriptor: anyone who holds the instance can add items to it,
+    /// so a report counts only when our end of that participant's connection has
+    /// hung up, or its pidfd says it exited. (The server itself learns of deaths
+    /// from its own epoll instance; this serves SYNC.)
     fn apply_deaths(&mut self) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        loop {
-            let n = sys::epoll_wait(self.shared_ep.as_raw_fd(), &mut events, 0).unwrap_or(0);
-            let deaths: Vec<(usize, u32)> = events[..n]
-                .iter()
-                .filter_map(|e| {
-                    let d = e.u64;
-                    match proto::ev_parse(d) {
-                        (proto::EV_CONN | proto::EV_PIDFD, p, g) => Some((p, g)),
-                        _ => None,
-                    }
-                })
-                .collect();
-            if deaths.is_empty() {
-                return;
-            }
-            {
-                let mut g = self.reg.lock();
-                for &(p, gen) in &deaths {
-                    shm::apply_death(&mut g, p, gen);
+        let n = sys::epoll_wait(self.shared_ep.as_raw_fd(), &mut events, 0).unwrap_or(0);
+        let reported: Vec<(usize, u32)> = events[..n]
+            .iter()
+            .filter_map(|e| {
+                let d = e.u64;
+                match proto::ev_parse(d) {
+                    (proto::EV_CONN | proto::EV_PIDFD, p, g) => Some((p, g)),
+                    _ => None,
                 }
-            }
-            for (p, gen) in deaths {
-                self.watches.remove(&(p, gen));
-                let conn = self.conns.iter().find(|(_, c)| c.me == Some((p, gen))).map(|(&fd, _)| fd);
-                if let Some(fd) = conn {
+            })
+            .collect();
+        for me in reported {
+            if let Some(fd) = self.watches.get(&me).map(|f| f.as_raw_fd()) {
+                self.watch_fired(fd);
+            } else if let Some(fd) = self.conns.iter().find(|(_, c)| c.me == Some(me)).map(|(&fd, _)| fd) {
+                if sys::hung_up(fd) {
                     // What it sent before it died comes first (an ADOPT carries
-                    // the watch of a child it registered).
+                    // the watch of a child it registered); its EOF closes it.
                     self.serve_conn(fd);
                     self.close_conn(fd);
                 }
             }
-            if n < events.len() {
-                return;
-            }
         }
+    }
+
+    /// A pidfd watch became readable: its participant exited.
+    fn watch_fired(&mut self, fd: RawFd) {
+        let Some(me) = self.watches.iter().find(|(_, f)| f.as_raw_fd() == fd).map(|(&me, _)| me) else { return };
+        if !sys::poll_in(fd, 0) {
+            return;
+        }
+        self.watches.remove(&me);
+        let mut g = self.reg.lock();
+        shm::apply_death(&mut g, me.0, me.1);
     }
 
     fn close_conn(&mut self, fd: RawFd) {
@@ -583,11 +603,15 @@ impl Server {
                 me
             }
             None => {
+                // Announced attaches count only where the process really maps the
+                // segment (read from its /proc/PID/maps): nobody inflates another
+                // user's shm_nattch by announcing attaches it does not have.
+                let inodes = if recs.is_empty() { Vec::new() } else { mapped_inodes(pid) };
                 let me = g.claim_proc(pid, m.d)?;
                 for (slot, serial, n) in recs {
                     let s = g.slot(slot);
-                    if s.is_used() && s.serial.get() == serial && n > 0 {
-                        let _ = g.rec_add(me.0, slot, n);
+                    if s.is_used() && s.serial.get() == serial && n > 0 && inodes.contains(&s.ino.get()) {
+                        let _ = g.rec_add(me.0, slot, n.min(MAX_MAP_COUNT));
                     }
                 }
                 me
@@ -619,7 +643,8 @@ impl Server {
         if sys::epoll_add(self.own_ep.as_raw_fd(), n, libc::EPOLLIN as u32, TAG_CONN | n as u64).is_err() {
             return;
         }
-        self.conns.insert(n, ConnState { _fd: end, me: Some(me), recs: Vec::new(), watched: true });
+        let uid = sys::peercred(n).map(|c| c.uid).unwrap_or(u32::MAX);
+        self.conns.insert(n, ConnState { _fd: end, me: Some(me), recs: Vec::new(), watched: true, uid });
         if registered {
             let _ = sys::epoll_add(self.shared_ep.as_raw_fd(), n, libc::EPOLLRDHUP as u32, proto::ev_data(proto::EV_CONN, me.0, me.1));
         }
@@ -775,9 +800,9 @@ impl Server {
                 let mut g = self.reg.lock();
                 let (slot, serial) = (m.a as usize, m.b);
                 let have = g.rec_count(me.0, slot);
-                // Splits of an attach this participant has (bounded: VMAs are at
-                // most one per page), closes of fragments it has.
-                let opens = if have > 0 { (m.c as u32).min(65536) } else { 0 };
+                // Splits of an attach this participant has (a process has at most
+                // vm.max_map_count VMAs), closes of fragments it has.
+                let opens = if have > 0 { (m.c as u32).min(MAX_MAP_COUNT.saturating_sub(have)) } else { 0 };
                 let closes = (m.d as u32).min(have + opens);
                 shm::book(&mut g, me.0, slot, serial, opens, closes, cred.pid);
                 Ok((r, Vec::new()))

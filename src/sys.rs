@@ -844,6 +844,14 @@ pub fn poll_in(fd: RawFd, ms: i32) -> bool {
     matches!(r, Ok(n) if n > 0)
 }
 
+/// Whether the peer of a socket has closed its end (or the socket failed).
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let r = retry(|| check(unsafe { libc::poll(&mut p, 1, 0) } as libc::c_long));
+    matches!(r, Ok(n) if n > 0) && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// (soft, hard) RLIMIT_NOFILE.
 pub fn rlimit_nofile() -> (u64, u64) {
     // SAFETY: rl is a writable rlimit.

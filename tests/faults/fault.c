@@ -19,6 +19,10 @@
  *   fault signal SECS              SysV calls from a SIGALRM handler firing
  *                                  every 200 us while the main loop makes them
  *                                  too: "ok handler_ok=X handler_edeadlk=Y"
+ *   fault forge SOCK SECS          a hostile client of a shared namespace: takes the
+ *                                  server's shared epoll instance with HELLO and
+ *                                  fills it with forged "participant died" and
+ *                                  "server died" reports for SECS seconds
  *   fault setuid UID KEY           drop to UID before the first SysV call, then
  *                                  create, attach, write, read back, stat, remove
  */
@@ -30,7 +34,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/ipc.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/time.h>
@@ -216,6 +224,40 @@ int main(int argc, char **argv) {
         shmctl(id, IPC_RMID, 0);
         printf("ok loops>0=%d handler_ok>0=%d other=%d\n", loops > 0, ok > 0, (int)other);
         fprintf(stderr, "loops=%ld handler_ok=%d handler_edeadlk=%d other=%d\n", loops, (int)ok, (int)dead, (int)other);
+        return 0;
+    }
+    if (!strcmp(cmd, "forge") && argc == 4) {
+        int s = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        strncpy(sa.sun_path, argv[2], sizeof sa.sun_path - 1);
+        if (connect(s, (struct sockaddr *)&sa, sizeof sa)) return fail("connect");
+        unsigned char msg[168] = {0};
+        uint32_t op = 1; /* HELLO */
+        uint64_t pid = (uint64_t)getpid();
+        memcpy(msg, &op, 4);
+        memcpy(msg + 8, &pid, 8);
+        if (send(s, msg, sizeof msg, 0) != (ssize_t)sizeof msg) return fail("send");
+        char cbuf[CMSG_SPACE(4 * sizeof(int))];
+        struct iovec iov = {msg, sizeof msg};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+        if (recvmsg(s, &mh, 0) <= 0) return fail("recvmsg");
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        if (!cm || cm->cmsg_type != SCM_RIGHTS) { printf("no descriptors\n"); return 1; }
+        int ep;
+        memcpy(&ep, CMSG_DATA(cm), sizeof ep);
+        int pfd[2];
+        if (pipe(pfd)) return fail("pipe");
+        if (write(pfd[1], "x", 1) != 1) return fail("write");
+        int forged = 0;
+        for (uint64_t kind = 1; kind <= 3; kind++)
+            for (uint64_t entry = 0; entry < 16; entry++)
+                for (uint64_t gen = 0; gen < 4; gen++) {
+                    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = kind << 56 | entry << 32 | gen};
+                    int d = dup(pfd[0]);
+                    if (d >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, d, &ev) == 0) forged++;
+                }
+        printf("ok forged=%d\n", forged);
+        sleep(atoi(argv[3]));
         return 0;
     }
     if (!strcmp(cmd, "setuid") && argc == 4) {
