@@ -144,7 +144,9 @@ fn start_hello(local: &mut Local, ns: &Namespace) -> SysResult<()> {
         if p.intact() {
             return Ok(());
         }
-        local.pending.take().map(HeldFd::forget);
+        if let Some(p) = local.pending.take() {
+            p.forget();
+        }
     }
     let pid = sys::getpid();
     let sock = HeldFd::new(connect(ns)?)?;

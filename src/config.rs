@@ -10,8 +10,8 @@
 //! | `SHMSHIM_SERVER` | path of the `shmshim` binary that serves private namespaces (started automatically) |
 //! | `SHMSHIM_MODE` | `emulate` (default), `native` (pass every call to the kernel), `auto` (the kernel where its SysV calls work, else emulate) |
 
-use std::sync::OnceLock as OnceCell;
 use std::path::PathBuf;
+use std::sync::OnceLock as OnceCell;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -107,11 +107,7 @@ fn snapshot() {
 /// Host limits from /proc/sys/kernel, falling back to the kernel's built-in values (S6).
 pub fn host_limits() -> crate::registry::Limits {
     const BUILTIN: u64 = u64::MAX - (1 << 24);
-    let rd = |name: &str, dflt: u64| {
-        crate::sys::read_small(&format!("/proc/sys/kernel/{name}"))
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(dflt)
-    };
+    let rd = |name: &str, dflt: u64| crate::sys::read_small(&format!("/proc/sys/kernel/{name}")).and_then(|s| s.trim().parse().ok()).unwrap_or(dflt);
     let c = get();
     crate::registry::Limits {
         shmmax: c.shmmax.unwrap_or_else(|| rd("shmmax", BUILTIN)),

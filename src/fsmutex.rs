@@ -33,6 +33,7 @@ pub struct FsMutex<T> {
 
 // SAFETY: access to `data` is serialised by `state`, as for any mutex.
 unsafe impl<T: Send> Sync for FsMutex<T> {}
+// SAFETY: as above; the value moves with the mutex.
 unsafe impl<T: Send> Send for FsMutex<T> {}
 
 pub struct FsGuard<'a, T> {

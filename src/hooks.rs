@@ -21,9 +21,9 @@
 // paths are read only up to their NUL as open(2) itself requires.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+use crate::client;
 use crate::config::emulating;
 use crate::log;
-use crate::client;
 use crate::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
 use crate::shm::{self, VmChange};
 use crate::sys::{self, Errno, SysResult};
@@ -233,11 +233,14 @@ fn real_fn(name: &std::ffi::CStr) -> Option<ForkFn> {
 /// server watches) and counts the child's fragments (nattch, atime, lpid as in
 /// S118), so nattch has risen by the time fork returns in either process.
 fn forking(real: ForkFn) -> pid_t {
-    // SAFETY (both calls below): calling the real libc fork/_Fork.
     if Reentry::active() {
+        // SAFETY: calling the real libc fork/_Fork.
         return unsafe { real() };
     }
-    let Some(ns) = process::namespace_if_open() else { return unsafe { real() } };
+    let Some(ns) = process::namespace_if_open() else {
+        // SAFETY: calling the real libc fork/_Fork.
+        return unsafe { real() };
+    };
     // LOCAL is held across the real fork in every case, so the child never
     // inherits it held by a thread it does not have.
     let mut local = LOCAL.lock();
@@ -303,7 +306,15 @@ pub extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_l
     }
     let cred_change = matches!(
         n,
-        libc::SYS_setuid | libc::SYS_setgid | libc::SYS_setreuid | libc::SYS_setregid | libc::SYS_setresuid | libc::SYS_setresgid | libc::SYS_setgroups | libc::SYS_capset | libc::SYS_chroot
+        libc::SYS_setuid
+            | libc::SYS_setgid
+            | libc::SYS_setreuid
+            | libc::SYS_setregid
+            | libc::SYS_setresuid
+            | libc::SYS_setresgid
+            | libc::SYS_setgroups
+            | libc::SYS_capset
+            | libc::SYS_chroot
     );
     if cred_change {
         before_credential_change();

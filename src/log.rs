@@ -3,8 +3,8 @@
 //! costs one branch.
 
 use crate::sys::{self, Errno};
-use std::sync::OnceLock as OnceCell;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::OnceLock as OnceCell;
 
 enum Sink {
     Off,

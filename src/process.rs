@@ -146,15 +146,8 @@ pub struct Local {
 
 /// This process's state. A fork-safe mutex: `fork` holds it across the real fork
 /// while other threads may be waiting for it.
-pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
-    me: None,
-    conn: None,
-    pending: None,
-    attaches: Vec::new(),
-    fds: std::collections::BTreeMap::new(),
-    epoch: 0,
-    pid: 0,
-});
+pub static LOCAL: FsMutex<Local> =
+    FsMutex::new(Local { me: None, conn: None, pending: None, attaches: Vec::new(), fds: std::collections::BTreeMap::new(), epoch: 0, pid: 0 });
 
 /// This process's proc entry (usize::MAX: none), readable without LOCAL.
 static ME: AtomicUsize = AtomicUsize::new(usize::MAX);

@@ -369,22 +369,12 @@ fn path_c(p: &Path) -> std::ffi::CString {
 }
 
 /// An all-zero slot/entry/record, returned for reads beyond the allocated chunks.
-static EMPTY_SLOT: Slot = Slot::ZERO;
-static EMPTY_PROC: ProcEntry = ProcEntry::ZERO;
-static EMPTY_REC: Rec = Rec::ZERO;
-
-impl Slot {
-    // SAFETY: Slot consists of atomics and integers, for which zero is valid.
-    const ZERO: Slot = unsafe { std::mem::zeroed() };
-}
-impl ProcEntry {
-    // SAFETY: as for Slot.
-    const ZERO: ProcEntry = unsafe { std::mem::zeroed() };
-}
-impl Rec {
-    // SAFETY: as for Slot.
-    const ZERO: Rec = unsafe { std::mem::zeroed() };
-}
+// SAFETY: these consist of atomics and integers, for which all-zero is valid.
+static EMPTY_SLOT: Slot = unsafe { std::mem::zeroed() };
+// SAFETY: as above.
+static EMPTY_PROC: ProcEntry = unsafe { std::mem::zeroed() };
+// SAFETY: as above.
+static EMPTY_REC: Rec = unsafe { std::mem::zeroed() };
 
 impl Registry {
     /// Opens the registry in `dir` read-write, creating it atomically if absent:
@@ -402,7 +392,8 @@ impl Registry {
             let tmp = dir.join(format!(".registry.{}.{}", sys::getpid(), sys::gettid()));
             let ctmp = path_c(&tmp);
             let mode = if shared { 0o644 } else { 0o600 };
-            let fd = sys::open(&ctmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode).map_err(|e| OpenError::Io(tmp.clone(), e, "create"))?;
+            let fd =
+                sys::open(&ctmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode).map_err(|e| OpenError::Io(tmp.clone(), e, "create"))?;
             let built = Self::build(&fd, limits, shared).and_then(|_| map_fd(&fd, true)).map(|base| Registry { base, path: tmp.clone(), fd, writable: true });
             let reg = match built {
                 Ok(r) => r,
@@ -620,7 +611,7 @@ impl Registry {
         let h = self.header();
         let mut g = RegGuard { reg: self };
         if r == libc::EOWNERDEAD {
-            if h.seq.get() % 2 == 0 {
+            if h.seq.get().is_multiple_of(2) {
                 h.seq.set(h.seq.get() + 1);
             }
             fence(Ordering::Release);
@@ -644,7 +635,7 @@ impl Registry {
         let mut spins = 0u32;
         loop {
             let s1 = seq.load(Ordering::Acquire);
-            if s1 % 2 == 0 {
+            if s1.is_multiple_of(2) {
                 let v = f(self);
                 fence(Ordering::Acquire);
                 if seq.load(Ordering::Relaxed) == s1 {
@@ -652,7 +643,7 @@ impl Registry {
                 }
             }
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 if start.elapsed() > std::time::Duration::from_secs(1) {
                     return Err(Errno(libc::EAGAIN));
                 }
@@ -783,12 +774,7 @@ impl Registry {
             }
         }
         if in_use != h.in_use.get() || tot != h.shm_tot.get() || max != h.max_idx.get() {
-            return Err(format!(
-                "counters: in_use {}/{in_use} shm_tot {}/{tot} max_idx {}/{max}",
-                h.in_use.get(),
-                h.shm_tot.get(),
-                h.max_idx.get()
-            ));
+            return Err(format!("counters: in_use {}/{in_use} shm_tot {}/{tot} max_idx {}/{max}", h.in_use.get(), h.shm_tot.get(), h.max_idx.get()));
         }
         Ok(())
     }

@@ -514,9 +514,7 @@ impl Server {
             return err(Errno(libc::EPERM));
         };
         match m.op {
-            proto::HELLO => {
-                Some(self.hello(conn, &m, cred).map(|r| (r, self.hello_fds())).unwrap_or_else(|e| (Msg::reply(m.op, e.0), Vec::new())))
-            }
+            proto::HELLO => Some(self.hello(conn, &m, cred).map(|r| (r, self.hello_fds())).unwrap_or_else(|e| (Msg::reply(m.op, e.0), Vec::new()))),
             proto::FORK_REC => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     if c.recs.len() < 4096 {
@@ -546,12 +544,10 @@ impl Server {
                 Ok((r, fd)) => Some((r, vec![fd])),
                 Err(e) => err(e),
             },
-            proto::GET => {
-                match self.get(m.a as usize, m.b, m.c != 0, cred) {
-                    Ok(fd) => Some((Msg::reply(m.op, 0), vec![fd])),
-                    Err(e) => err(e),
-                }
-            }
+            proto::GET => match self.get(m.a as usize, m.b, m.c != 0, cred) {
+                Ok(fd) => Some((Msg::reply(m.op, 0), vec![fd])),
+                Err(e) => err(e),
+            },
             proto::REFILL => {
                 self.refill_pool();
                 None
@@ -676,7 +672,9 @@ impl Server {
             return Err(Errno(libc::ENFILE));
         }
         let flags = (flags & (libc::MFD_HUGETLB | (0x3f << 26))) | libc::MFD_CLOEXEC;
-        let fd = sys::memfd_create(c"SYSV", flags).map_err(|e| if matches!(e.0, libc::EMFILE | libc::ENFILE) { Errno(libc::ENFILE) } else { Errno(libc::ENOMEM) })?;
+        let fd =
+            sys::memfd_create(c"SYSV", flags)
+                .map_err(|e| if matches!(e.0, libc::EMFILE | libc::ENFILE) { Errno(libc::ENFILE) } else { Errno(libc::ENOMEM) })?;
         sys::ftruncate(fd.as_raw_fd(), len).map_err(|_| Errno(libc::ENOMEM))?;
         let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
         let reply_fd = sys::dup(fd.as_raw_fd()).map_err(|_| Errno(libc::ENFILE))?;
@@ -813,7 +811,12 @@ impl Server {
                 let fds = &self.fds;
                 let by_serial = &self.by_serial;
                 let rss = |s: &crate::registry::Slot| {
-                    by_serial.get(&s.serial.get()).and_then(|n| fds.get(n)).and_then(|f| sys::fstat(f.as_raw_fd()).ok()).map(|st| st.st_blocks as u64 * 512 / 4096).unwrap_or(0)
+                    by_serial
+                        .get(&s.serial.get())
+                        .and_then(|n| fds.get(n))
+                        .and_then(|f| sys::fstat(f.as_raw_fd()).ok())
+                        .map(|st| st.st_blocks as u64 * 512 / 4096)
+                        .unwrap_or(0)
                 };
                 let (ret, out) = shm::shmctl_locked(&mut g, &mut creds, m.a as u32 as i32, m.b as u32 as i32, &setbuf, &rss)?;
                 r.a = ret as u32 as u64;
@@ -841,7 +844,13 @@ impl Server {
         if self.fds.len() + self.conns.len() + FD_RESERVE >= self.fd_limit {
             return Err(Errno(libc::ENFILE));
         }
-        let fd = sys::memfd_create(c"SYSV", plan.mfd_flags).map_err(|e| if matches!(e.0, libc::EMFILE | libc::ENFILE) { Errno(libc::ENFILE) } else { Errno(libc::ENOMEM) })?;
+        let fd = sys::memfd_create(c"SYSV", plan.mfd_flags).map_err(|e| {
+            if matches!(e.0, libc::EMFILE | libc::ENFILE) {
+                Errno(libc::ENFILE)
+            } else {
+                Errno(libc::ENOMEM)
+            }
+        })?;
         sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
         let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
         let n = fd.as_raw_fd();

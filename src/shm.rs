@@ -13,8 +13,8 @@
 
 use crate::client;
 use crate::creds::{Creds, CAP_IPC_LOCK, CAP_SYS_ADMIN, CAP_SYS_RAWIO};
-pub use crate::frags::VmChange;
 use crate::frags::apply_frags;
+pub use crate::frags::VmChange;
 use crate::process::{self, Attach, Frag, Local, Namespace, LOCAL, PAGE};
 use crate::proto::{self, Msg};
 use crate::registry::{self, id_idx, make_id, RegGuard, Registry, Slot, F_HUGETLB, F_NORESERVE, MAX_SLOTS, SHM_DEST, SHM_LOCKED, SLOT_FREE, SLOT_USED};
@@ -145,11 +145,8 @@ fn hugepage_size(flg: i32) -> SysResult<usize> {
 }
 
 fn hugetlb_free_pages(size: usize) -> u64 {
-    let rd = |f: &str| {
-        sys::read_small(&format!("/sys/kernel/mm/hugepages/hugepages-{}kB/{f}", size / 1024))
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let rd =
+        |f: &str| sys::read_small(&format!("/sys/kernel/mm/hugepages/hugepages-{}kB/{f}", size / 1024)).and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     rd("free_hugepages").saturating_sub(rd("resv_hugepages"))
 }
 
@@ -167,7 +164,9 @@ fn commit_check(bytes: u64, noreserve: bool) -> SysResult<()> {
     static READ_AT: AtomicI64 = AtomicI64::new(i64::MIN);
     static MODE: AtomicU64 = AtomicU64::new(0);
     static TOTAL_PAGES: AtomicU64 = AtomicU64::new(u64::MAX);
-    let meminfo_field = |meminfo: &str, name: &str| meminfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0) * 1024;
+    let meminfo_field = |meminfo: &str, name: &str| {
+        meminfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0) * 1024
+    };
     let now = sys::now();
     if READ_AT.load(Ordering::Acquire) != now {
         let mode = sys::read_small("/proc/sys/vm/overcommit_memory").and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
@@ -561,7 +560,14 @@ fn shmctl_lock(g: &mut RegGuard, creds: &mut Creds, id: i32, cmd: i32) -> SysRes
 
 /// shmctl's work under the lock, dispatched per command; returns the result and
 /// the bytes to copy out (copied after the lock is released, as the kernel does).
-pub fn shmctl_locked(g: &mut RegGuard, creds: &mut Creds, id: i32, cmd: i32, setbuf: &[u8; 112], rss: &dyn Fn(&Slot) -> u64) -> SysResult<(i32, Option<CopyOut>)> {
+pub fn shmctl_locked(
+    g: &mut RegGuard,
+    creds: &mut Creds,
+    id: i32,
+    cmd: i32,
+    setbuf: &[u8; 112],
+    rss: &dyn Fn(&Slot) -> u64,
+) -> SysResult<(i32, Option<CopyOut>)> {
     match cmd {
         IPC_INFO => Ok(shmctl_ipc_info(g)),
         SHM_INFO => Ok(shmctl_shm_info(g, rss)),
@@ -781,7 +787,12 @@ fn attached(local: &mut Local, g: &mut RegGuard, me: usize, info: &SegInfo, at: 
             book(g, me, slot, serial, opens, closes, sys::getpid());
         }
     }
-    local.attaches.push(Attach { slot: info.slot, serial: info.serial, map_len: info.map_len, frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, flags: prot as u32 }] });
+    local.attaches.push(Attach {
+        slot: info.slot,
+        serial: info.serial,
+        map_len: info.map_len,
+        frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, flags: prot as u32 }],
+    });
     local.publish_count();
 }
 
@@ -792,7 +803,15 @@ fn shmat_remote(local: &mut Local, ns: &Namespace, id: i32, addr: usize, fixed: 
     let mut m = Msg::new(proto::SHMAT);
     (m.a, m.b, m.c) = (id as u32 as u64, acc as u64, flg as u32 as u64);
     let (r, mut fds) = client::request(local, ns, &m, &[]).map_err(client::unavailable)?;
-    let info = SegInfo { slot: r.a as usize, serial: r.b, ino: r.c, map_len: r.d as usize, segsz: (r.e & !(1 << 63)) as usize, noreserve: r.e >> 63 != 0, server_fd: None };
+    let info = SegInfo {
+        slot: r.a as usize,
+        serial: r.b,
+        ino: r.c,
+        map_len: r.d as usize,
+        segsz: (r.e & !(1 << 63)) as usize,
+        noreserve: r.e >> 63 != 0,
+        server_fd: None,
+    };
     let fd = fds.pop();
     let res = match &fd {
         Some(fd) if sys::fstat(fd.as_raw_fd()).map(|st| st.st_ino == info.ino).unwrap_or(false) => map_segment(fd.as_raw_fd(), &info, addr, fixed, flg, prot),
@@ -806,7 +825,12 @@ fn shmat_remote(local: &mut Local, ns: &Namespace, id: i32, addr: usize, fixed: 
         let deltas = apply_local(local, at, info.map_len, VmChange::Unmap);
         vm_remote(local, ns, deltas);
     }
-    local.attaches.push(Attach { slot: info.slot, serial: info.serial, map_len: info.map_len, frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, flags: prot as u32 }] });
+    local.attaches.push(Attach {
+        slot: info.slot,
+        serial: info.serial,
+        map_len: info.map_len,
+        frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, flags: prot as u32 }],
+    });
     local.publish_count();
     Ok(at)
 }
@@ -859,7 +883,11 @@ fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -
     }
     let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == info.ino).unwrap_or(false);
     let spid = local.conn.as_ref().map(|c| c.server_pid).unwrap_or(0);
-    let from_proc = info.server_fd.filter(|_| spid > 0).and_then(|n| sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/{spid}/fd/{n}"))), libc::O_RDWR, 0).ok()).filter(is_seg);
+    let from_proc = info
+        .server_fd
+        .filter(|_| spid > 0)
+        .and_then(|n| sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/{spid}/fd/{n}"))), libc::O_RDWR, 0).ok())
+        .filter(is_seg);
     let fd = match from_proc {
         Some(fd) => fd,
         None => {
@@ -1003,7 +1031,10 @@ pub fn vm_remapped(old: usize, old_len: usize, new_len: usize, op: impl FnOnce()
     let _quiet = sys::block_signals();
     let mut local = LOCAL.lock();
     let new = op()?;
-    let moved = local.attaches.iter().find_map(|a| a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, a.map_len, f.pgoff + (old - f.addr), f.flags)));
+    let moved = local
+        .attaches
+        .iter()
+        .find_map(|a| a.frags.iter().find(|f| old >= f.addr && old < f.addr + f.len).map(|f| (a.slot, a.serial, a.map_len, f.pgoff + (old - f.addr), f.flags)));
     let Some((slot, serial, map_len, pgoff, flags)) = moved else { return Ok(new) };
     // The kernel copies the VMA first (shm_open on the copy), then unmaps the old
     // one (shm_close): in that order a removed segment's last attach survives

@@ -233,14 +233,9 @@ fn copy_via_pipe(src: usize, dst: usize, len: usize) -> SysResult<()> {
 // ----------------------------------------------------------------- files
 
 pub fn open(path: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
-    // SAFETY: path is NUL-terminated; on success the fd is new and owned by us.
     retry(|| {
-        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-        if fd < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
+        // SAFETY: path is NUL-terminated; the call writes no memory of ours.
+        owned(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode) })
     })
 }
 
@@ -297,9 +292,7 @@ pub fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> SysResult<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: buf[done..] is valid readable memory of the given length.
-        let n = unsafe {
-            libc::pwrite(fd, buf[done..].as_ptr() as *const _, buf.len() - done, (off + done as u64) as i64)
-        };
+        let n = unsafe { libc::pwrite(fd, buf[done..].as_ptr() as *const _, buf.len() - done, (off + done as u64) as i64) };
         if n < 0 {
             if errno() == libc::EINTR {
                 continue;
@@ -477,8 +470,8 @@ pub fn bind(fd: RawFd, path: &std::path::Path) -> SysResult<()> {
 
 pub fn connect(fd: RawFd, path: &std::path::Path) -> SysResult<()> {
     let (sa, len) = sockaddr_un(path)?;
-    // SAFETY: sa/len describe a valid sockaddr_un.
     retry(|| {
+        // SAFETY: sa/len describe a valid sockaddr_un.
         let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) };
         if r != 0 {
             Err(Errno::last())
@@ -567,13 +560,7 @@ pub fn set_rcvtimeo(sock: RawFd, ms: i64) {
     let tv = libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000 };
     // SAFETY: a valid timeval option value.
     unsafe {
-        libc::setsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const _,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
+        libc::setsockopt(sock, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, std::mem::size_of::<libc::timeval>() as u32);
     }
 }
 
@@ -893,7 +880,9 @@ pub fn spawn_and_wait(bin: &std::path::Path, args: &[&str]) -> SysResult<()> {
     let mut pid: libc::pid_t = 0;
     // SAFETY: argv/envp are NULL-terminated arrays of NUL-terminated strings that
     // outlive the call; posix_spawn runs no atfork handlers.
-    let r = unsafe { libc::posix_spawn(&mut pid, cbin.as_ptr(), std::ptr::null(), std::ptr::null(), argv.as_ptr() as *const *mut _, envp.as_ptr() as *const *mut _) };
+    let r = unsafe {
+        libc::posix_spawn(&mut pid, cbin.as_ptr(), std::ptr::null(), std::ptr::null(), argv.as_ptr() as *const *mut _, envp.as_ptr() as *const *mut _)
+    };
     if r != 0 {
         return Err(Errno(r));
     }

@@ -119,9 +119,10 @@ fn shim(dir: &Path, sandbox: bool, args: &[&str]) -> Command {
 /// Waits for the namespace's server to exit, then removes the directory.
 fn finish(dir: &Path) {
     for _ in 0..50 {
-        let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy())).unwrap_or(false)
-        });
+        let busy = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy())).unwrap_or(false));
         if !busy {
             break;
         }
@@ -223,11 +224,14 @@ fn ls_json_stat_rm_gc() {
     let json = run(Command::new(&bin).args(["ls", "--json"]).env("SHMSHIM_DIR", &dir));
     let j = text(&json);
     assert!(j.contains(&format!("\"shmid\":{id},\"key\":{}", 0x5eed7005)) && j.contains("\"perms\":\"600\""), "{j}");
-    let parsed = run(Command::new("python3").args(["-c", "import json,sys; d=json.load(sys.stdin); print(len(d['segments']), d['mode'])"]).stdin(std::fs::File::open({
-        let f = dir.join("ls.json");
-        std::fs::write(&f, &j).unwrap();
-        f
-    }).unwrap()));
+    let parsed = run(Command::new("python3").args(["-c", "import json,sys; d=json.load(sys.stdin); print(len(d['segments']), d['mode'])"]).stdin(
+        std::fs::File::open({
+            let f = dir.join("ls.json");
+            std::fs::write(&f, &j).unwrap();
+            f
+        })
+        .unwrap(),
+    ));
     assert_eq!(text(&parsed).trim(), "1 emulate", "valid JSON");
     let st = run(Command::new(&bin).args(["stat", &id]).env("SHMSHIM_DIR", &dir));
     assert!(text(&st).contains("segsz 4096"), "{}", text(&st));
@@ -260,7 +264,11 @@ fn default_namespace_dir_per_user_and_without_dev_shm() {
         .env("XDG_RUNTIME_DIR", &xdg));
     assert_eq!(text(&o).trim(), "0", "{}", String::from_utf8_lossy(&o.stderr));
     assert!(xdg.join("shmshim/registry").exists());
-    let rm = run(Command::new(nosysv).args([probe.to_str().unwrap(), "rm", "0x5eed7006"]).env("LD_PRELOAD", release("libshmshim.so")).env_remove("SHMSHIM_DIR").env("XDG_RUNTIME_DIR", &xdg));
+    let rm = run(Command::new(nosysv)
+        .args([probe.to_str().unwrap(), "rm", "0x5eed7006"])
+        .env("LD_PRELOAD", release("libshmshim.so"))
+        .env_remove("SHMSHIM_DIR")
+        .env("XDG_RUNTIME_DIR", &xdg));
     assert!(rm.status.success());
     finish(&xdg.join("shmshim"));
     finish(&xdg);
@@ -279,7 +287,8 @@ fn default_namespace_dir_per_user_and_without_dev_shm() {
         .env_remove("XDG_RUNTIME_DIR")
         .env("TMPDIR", &tmp));
     assert_eq!(text(&o).trim(), "0\nfound", "{}", String::from_utf8_lossy(&o.stderr));
-    let uid = unsafe { libc::getuid() }; // SAFETY: no arguments
+    // SAFETY: getuid takes no arguments and cannot fail.
+    let uid = unsafe { libc::getuid() };
     finish(&tmp.join(format!("shmshim-{uid}")));
     finish(&tmp);
 }

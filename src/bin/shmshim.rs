@@ -68,10 +68,7 @@ fn library() -> PathBuf {
             return cand.canonicalize().unwrap_or(cand);
         }
     }
-    die(&format!(
-        "libshmshim.so not found beside {}; build it with `cargo build --release` or set SHMSHIM_LIB",
-        exe.display()
-    ))
+    die(&format!("libshmshim.so not found beside {}; build it with `cargo build --release` or set SHMSHIM_LIB", exe.display()))
 }
 
 /// LD_PRELOAD with the shim first, whatever the environment already holds.
@@ -105,9 +102,7 @@ const DEMO_KEY: i32 = 0x5348_4d44; // "SHMD"
 /// a separate reader process finds it by key and reads it back; then it is removed.
 fn demo(lib: &std::path::Path) -> ! {
     let me = std::env::current_exe().unwrap();
-    let dir = std::env::var_os("SHMSHIM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("shmshim-demo-{}", std::process::id())));
+    let dir = std::env::var_os("SHMSHIM_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join(format!("shmshim-demo-{}", std::process::id())));
     let own_dir = std::env::var_os("SHMSHIM_DIR").is_none();
     println!("shmshim demo: namespace {}", dir.display());
     let step = |what: &str| {
@@ -243,16 +238,7 @@ fn cmd_ls(args: &[String]) -> i32 {
         if s.mode & registry::SHM_LOCKED != 0 {
             status.push_str("locked ");
         }
-        println!(
-            "0x{:08x} {:<10} {:<10} {:<10o} {:<10} {:<10} {:<12}",
-            s.key as u32,
-            s.id,
-            owner,
-            s.mode & 0o777,
-            s.segsz,
-            s.nattch,
-            status
-        );
+        println!("0x{:08x} {:<10} {:<10} {:<10o} {:<10} {:<10} {:<12}", s.key as u32, s.id, owner, s.mode & 0o777, s.segsz, s.nattch, status);
     }
     println!();
     0
@@ -354,11 +340,7 @@ fn cmd_gc() -> i32 {
         eprintln!("shmshim gc: {}", e.name());
         return 1;
     }
-    println!(
-        "gc: detached {} dead or exec'd process(es); {} removed segment(s) destroyed",
-        procs.saturating_sub(procs2),
-        segs.saturating_sub(segs2)
-    );
+    println!("gc: detached {} dead or exec'd process(es); {} removed segment(s) destroyed", procs.saturating_sub(procs2), segs.saturating_sub(segs2));
     0
 }
 
@@ -369,7 +351,8 @@ fn cmd_check() -> i32 {
         println!("registry {}: cannot reach the namespace's server: {}", reg.path.display(), e.name());
         return 1;
     }
-    let local_check = if reg.writable { reg.lock().check_invariants() } else { reg.read(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string())) };
+    let local_check =
+        if reg.writable { reg.lock().check_invariants() } else { reg.read(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string())) };
     if let Err(e) = local_check {
         println!("registry {}: {e}", reg.path.display());
         return 1;
