@@ -195,6 +195,7 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
     local.me = Some(me);
     crate::process::set_my_entry(Some(me));
     process::DEATHFD.store(death, Ordering::Release);
+    process::SOCKFD.store(local.conn.as_ref().map(|c| c.sock.fd).unwrap_or(-1), Ordering::Release);
     EPFD.store(ep, Ordering::Release);
     Ok(me)
 }
@@ -204,6 +205,7 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
 fn drop_conn(c: Conn, closed_by_program: bool) {
     EPFD.store(-1, Ordering::Release);
     process::DEATHFD.store(-1, Ordering::Release);
+    process::SOCKFD.store(-1, Ordering::Release);
     if closed_by_program {
         c.sock.forget();
         return;
@@ -314,6 +316,15 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
     match finish_hello(&mut local, Duration::ZERO) {
         Ok(_) | Err(Errno(libc::ETIMEDOUT)) => Ok(()),
         Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Wakes the server (a removed segment's memory is to be released now). Never
+/// waits, needs no lock: the connection's number is published in `SOCKFD`.
+pub fn wake_server() {
+    let fd = process::SOCKFD.load(Ordering::Acquire);
+    if fd >= 0 {
+        let _ = sys::send_with_fds(fd, &Msg::new(proto::REFILL).bytes(), &[], libc::MSG_DONTWAIT);
     }
 }
 
@@ -469,6 +480,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             // Our copy of the parent's connection goes; the epoll instance and the
             // death pipe are shared.
             drop(p.sock);
+            process::SOCKFD.store(c.sock.fd, Ordering::Release);
             local.conn = Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid });
             local.me = Some(c.me);
             crate::process::set_my_entry(Some(c.me));

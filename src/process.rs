@@ -153,6 +153,8 @@ pub static LOCAL: FsMutex<Local> =
 static ME: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The shared epoll descriptor (-1: not connected), readable without LOCAL.
 pub static EPFD: AtomicI32 = AtomicI32::new(-1);
+/// This process's connection to the server (-1: none), for wake-ups sent without LOCAL.
+pub static SOCKFD: AtomicI32 = AtomicI32::new(-1);
 /// The server-death pipe's read end (-1: not connected), readable without LOCAL.
 pub static DEATHFD: AtomicI32 = AtomicI32::new(-1);
 

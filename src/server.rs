@@ -549,11 +549,13 @@ impl Server {
                 Err(e) => err(e),
             },
             proto::REFILL => {
-                self.refill_pool();
+                // Also the wake-up for a removed segment's memory.
+                self.sweep_changes();
                 None
             }
             proto::SYNC => {
                 self.apply_deaths();
+                self.sweep_changes();
                 Some((Msg::reply(m.op, 0), Vec::new()))
             }
             proto::CHECK => {

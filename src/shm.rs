@@ -51,10 +51,6 @@ fn einval<T>() -> SysResult<T> {
     Err(Errno(libc::EINVAL))
 }
 
-/// Called with (slot, serial) by `shm_destroy` for a big or huge-page segment, so
-/// its memory goes at once: participants tell the server; the server closes it.
-pub static ON_DESTROY: std::sync::OnceLock<fn(usize, u64)> = std::sync::OnceLock::new();
-
 // ----------------------------------------------------------------- lifecycle steps
 
 /// shm_may_destroy + shm_destroy: a SHM_DEST segment goes when nattch reaches 0 (S75).
@@ -82,9 +78,9 @@ pub fn shm_destroy(g: &mut RegGuard, slot: usize) {
     g.recompute_max_idx();
     g.record_destroyed(serial);
     if s.map_len.get() >= BIG_SEGMENT || s.flags.get() & F_HUGETLB != 0 {
-        if let Some(f) = ON_DESTROY.get() {
-            f(slot, serial);
-        }
+        // Its memory is worth a wake-up of the server, which closes the memfd at
+        // once (it also notices every destruction by itself within milliseconds).
+        client::wake_server();
     }
 }
 
@@ -681,6 +677,7 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
 /// server makes on request, asked for outside the lock.
 fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetParams) -> SysResult<i32> {
     let mut made: Option<(OwnedFd, i32, u64)> = None;
+    let mut synced = false;
     loop {
         let mut g = ns.reg.lock();
         local.sweep_fds(&g);
@@ -690,7 +687,17 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
                 return lookup_checks(&g, creds, slot, p);
             }
         }
-        let plan = newseg_plan(&g, creds, p)?;
+        let plan = match newseg_plan(&g, creds, p) {
+            Err(Errno(libc::ENOMEM)) if p.flg & SHM_HUGETLB != 0 && !synced => {
+                // Huge pages held by segments removed a moment ago go when the
+                // server closes their memfds: let it, then look again (S46).
+                drop(g);
+                synced = true;
+                let _ = client::request(local, ns, &Msg::new(proto::SYNC), &[]);
+                continue;
+            }
+            r => r?,
+        };
         if let Some((fd, server_fd, ino)) = made.take() {
             sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
             let gen = local.conn.as_ref().map(|c| c.server_gen).unwrap_or(0);
