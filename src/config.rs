@@ -89,7 +89,7 @@ impl Config {
             shmall: env_u64("SHMSHIM_SHMALL"),
             shmmni: env_u64("SHMSHIM_SHMMNI"),
             log: env("SHMSHIM_LOG").filter(|v| v != "0"),
-            server_bin: env("SHMSHIM_SERVER").or_else(|| env("SHMSHIM_KEEPER")).map(PathBuf::from),
+            server_bin: env("SHMSHIM_SERVER").map(PathBuf::from),
         }
     }
 }

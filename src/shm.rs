@@ -769,7 +769,7 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     client::sync(ns)?;
     let mut local = LOCAL.lock();
     let (me, _) = client::ensure_conn(&mut local, ns).map_err(client::unavailable)?;
-    let pid = sys::getpid();
+    let pid = local.pid; // ensure_conn checked it is ours
     if !ns.reg.writable {
         return shmat_remote(&mut local, ns, id, addr, fixed, flg, prot, acc);
     }
@@ -791,7 +791,7 @@ fn attached(local: &mut Local, g: &mut RegGuard, me: usize, info: &SegInfo, at: 
     if flg & SHM_REMAP != 0 {
         // S59: whatever was mapped there is gone, attaches included.
         for (slot, serial, opens, closes) in apply_local(local, at, info.map_len, VmChange::Unmap) {
-            book(g, me, slot, serial, opens, closes, sys::getpid());
+            book(g, me, slot, serial, opens, closes, local.pid);
         }
     }
     local.attaches.push(Attach {
@@ -965,7 +965,7 @@ fn book_local(local: &mut Local, ns: &Namespace, deltas: Vec<(usize, u64, u32, u
         return vm_remote(local, ns, deltas);
     }
     let Ok((me, _)) = client::ensure_conn(local, ns) else { return };
-    let pid = sys::getpid();
+    let pid = local.pid; // ensure_conn checked it is ours
     let mut g = ns.reg.lock();
     for (slot, serial, opens, closes) in deltas {
         book(&mut g, me, slot, serial, opens, closes, pid);

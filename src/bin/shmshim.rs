@@ -1,5 +1,5 @@
 //! The `shmshim` command: run programs under the shim, list and remove segments,
-//! and (internally) serve as the keeper.
+//! and serve namespaces (`shmshim serve`).
 
 use shmshim::{client, process, proto, registry, server, shm};
 use std::ffi::OsString;
@@ -421,7 +421,7 @@ fn main() {
         "rm" => cmd_rm(rest),
         "check" => cmd_check(),
         "demo-step" => demo_step(rest.first().map(|s| s.as_str()).unwrap_or("")),
-        "serve" | "keeper" => cmd_serve(rest),
+        "serve" => cmd_serve(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             0

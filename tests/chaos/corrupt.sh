@@ -9,7 +9,7 @@
 #   CHAOS_SHMSHIM  the shmshim binary (for `shmshim check`)
 #
 # For each corruption a fresh namespace is made: a segment is created under the
-# shim (so the keeper runs and holds the registry mapped), then the registry
+# shim (so the server runs and holds the registry mapped), then the registry
 # file is
 #   truncate   truncated to its 4096-byte header (magic and version intact)
 #   truncate0  truncated to 0 bytes
@@ -21,9 +21,9 @@
 # fail with ENOSYS (shmdt of a non-attach: ENOSYS or EINVAL); its stderr must
 # name the registry file; and the registry file must be byte-identical
 # afterwards (checked right after the program and again 0.5 s later, so that
-# the keeper, which still has the file mapped, is covered too).
+# the server, which still has the file mapped, is covered too).
 # `shmshim check` must fail cleanly (non-zero status, no signal) and not
-# modify the file either.  The keeper of each namespace is killed at the end
+# modify the file either.  The server of each namespace is killed at the end
 # if it is still alive, and the directory removed.
 #
 # Prints "ok VARIANT" or "FAIL VARIANT: reason" lines; exit status 1 on failure.
@@ -37,8 +37,8 @@ KEY=0x4b4f5252
 
 failed=0
 
-# pids of processes whose command line names $1 (the keeper: --dir DIR)
-keeper_pids() {
+# pids of processes whose command line names $1 (the server: --dir DIR)
+server_pids() {
     local d pid
     for d in /proc/[0-9]*; do
         pid=${d#/proc/}
@@ -123,11 +123,11 @@ for v in truncate truncate0 garbage text version; do
 
         sleep 0.5
         if [ "$(sum "$reg")" != "$after" ]; then
-            why+=("the registry file changed after the program ended (the keeper wrote to it)")
+            why+=("the registry file changed after the program ended (the server wrote to it)")
         fi
     fi
 
-    for p in $(keeper_pids "$dir"); do kill -KILL "$p" 2>/dev/null || true; done
+    for p in $(server_pids "$dir"); do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$base"
 
     if [ ${#why[@]} -eq 0 ]; then

@@ -25,7 +25,7 @@
  *     0, none is left SHM_DEST, and SHM_INFO agrees with a SHM_STAT_ANY walk;
  *   - $CHAOS_SHMSHIM check passes (when set: runs under the shim);
  * then removes everything (SHM_INFO must show no segment) and, under the shim
- * ($SHMSHIM_DIR set), waits for the keeper to exit and checks that no process
+ * ($SHMSHIM_DIR set), waits for the server to exit and checks that no process
  * holds a memfd named SYSV<key> for one of this run's keys (no memfd leak).
  *
  * Output: a few summary lines, "FAIL ..." lines and exit status 1 on failure.
@@ -367,7 +367,7 @@ static int run_check(const char *bin)
     return 0;
 }
 
-/* Processes with an argument equal to dir (the keeper runs with --dir DIR). */
+/* Processes with an argument equal to dir (the server runs with --dir DIR). */
 static int procs_naming(const char *dir, char *who, size_t whosz)
 {
     DIR *d = opendir("/proc");
@@ -401,7 +401,7 @@ static int procs_naming(const char *dir, char *who, size_t whosz)
 }
 
 /* Whether process `pid` belongs to namespace `dir`: SHMSHIM_DIR=dir in its
- * environment, or dir on its command line (the keeper). */
+ * environment, or dir on its command line (the server). */
 static int in_namespace(int pid, const char *dir)
 {
     char path[64], buf[65536];
@@ -423,7 +423,7 @@ static int in_namespace(int pid, const char *dir)
 
 /* Memfd descriptors this run leaked: under the shim (dir set), any memfd named
  * SYSV... held by a process of this namespace once every segment is gone and the
- * keeper has exited (pooled memfds are named plain "SYSV"); natively, memfds
+ * server has exited (pooled memfds are named plain "SYSV"); natively, memfds
  * named SYSV<key> for one of our keys (there should be none at all). */
 static int memfd_leaks(const char *dir)
 {
@@ -598,7 +598,7 @@ int main(int argc, char **argv)
     if (bin) run_check(bin);
 
     if (dir) {
-        /* the keeper exits once the namespace is empty (after ~0.3 s) */
+        /* the server exits once the namespace is empty (after ~0.3 s) */
         char who[2048];
         int n = 0;
         for (int i = 0; i < 50; i++) {
