@@ -23,6 +23,11 @@
  *                                  server's shared epoll instance with HELLO and
  *                                  fills it with forged "participant died" and
  *                                  "server died" reports for SECS seconds
+ *   fault exhaust KEY              first SysV call with every descriptor in use
+ *                                  (must fail, not crash), then again with some
+ *                                  free (must work): "first=E then=ok"
+ *   fault chroot DIR KEY           chroot(DIR) before the first SysV call, then
+ *                                  create, attach, write, remove
  *   fault setuid UID KEY           drop to UID before the first SysV call, then
  *                                  create, attach, write, read back, stat, remove
  */
@@ -258,6 +263,38 @@ int main(int argc, char **argv) {
                 }
         printf("ok forged=%d\n", forged);
         sleep(atoi(argv[3]));
+        return 0;
+    }
+    if (!strcmp(cmd, "exhaust") && argc == 3) {
+        int fds[65536], n = 0;
+        while (n < 65536) {
+            int fd = dup(1);
+            if (fd < 0) break;
+            fds[n++] = fd;
+        }
+        int id = shmget((key_t)strtoul(argv[2], 0, 0), 4096, IPC_CREAT | 0600);
+        const char *first = id < 0 ? en(errno) : "ok";
+        for (int i = 0; i < n; i++) close(fds[i]);
+        id = shmget((key_t)strtoul(argv[2], 0, 0), 4096, IPC_CREAT | 0600);
+        if (id < 0) return fail("shmget");
+        char *p = shmat(id, 0, 0);
+        if (p == (void *)-1) return fail("shmat");
+        p[0] = 1;
+        shmdt(p);
+        if (shmctl(id, IPC_RMID, 0)) return fail("IPC_RMID");
+        printf("first=%s then=ok\n", first);
+        return 0;
+    }
+    if (!strcmp(cmd, "chroot") && argc == 4) {
+        if (chroot(argv[2]) || chdir("/")) return fail("chroot");
+        int id = shmget((key_t)strtoul(argv[3], 0, 0), 8192, IPC_CREAT | IPC_EXCL | 0600);
+        if (id < 0) return fail("shmget");
+        char *p = shmat(id, 0, 0);
+        if (p == (void *)-1) return fail("shmat");
+        strcpy(p, "rooted");
+        shmdt(p);
+        if (shmctl(id, IPC_RMID, 0)) return fail("IPC_RMID");
+        printf("ok\n");
         return 0;
     }
     if (!strcmp(cmd, "setuid") && argc == 4) {
