@@ -1247,3 +1247,52 @@ pub fn sysvipc_text(ns: &Namespace) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn s142_shmid_ds_layout_matches_libc() {
+        assert_eq!(size_of::<libc::shmid_ds>(), 112);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_segsz), 48);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_atime), 56);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_dtime), 64);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_ctime), 72);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_cpid), 80);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_lpid), 84);
+        assert_eq!(offset_of!(libc::shmid_ds, shm_nattch), 88);
+        assert_eq!(offset_of!(libc::ipc_perm, __key), 0);
+        assert_eq!(offset_of!(libc::ipc_perm, uid), 4);
+        assert_eq!(offset_of!(libc::ipc_perm, mode), 20);
+        assert_eq!(offset_of!(libc::ipc_perm, __seq), 24);
+    }
+
+    #[test]
+    fn s84_ipc_stat_bytes_read_back_as_struct_shmid_ds() {
+        let s = Slot::default();
+        s.key.set(0x1234);
+        s.uid.set(1000);
+        s.gid.set(100);
+        s.cuid.set(1001);
+        s.cgid.set(101);
+        s.mode.set(0o640 | SHM_DEST);
+        s.seq.set(3);
+        s.segsz.set(4097);
+        s.atime.set(11);
+        s.dtime.set(12);
+        s.ctime.set(13);
+        s.cpid.set(77);
+        s.lpid.set(78);
+        s.nattch.set(2);
+        let b = shmid_ds_bytes(&s);
+        // SAFETY: b holds 112 initialised bytes, the size of struct shmid_ds (checked
+        // above), which is plain old data; read_unaligned needs no alignment.
+        let ds: libc::shmid_ds = unsafe { std::ptr::read_unaligned(b.as_ptr() as *const libc::shmid_ds) };
+        assert_eq!((ds.shm_perm.__key, ds.shm_perm.uid, ds.shm_perm.gid, ds.shm_perm.cuid, ds.shm_perm.cgid), (0x1234, 1000, 100, 1001, 101));
+        assert_eq!((ds.shm_perm.mode, ds.shm_perm.__seq), ((0o640 | SHM_DEST) as u16 as _, 3));
+        assert_eq!((ds.shm_segsz, ds.shm_atime, ds.shm_dtime, ds.shm_ctime), (4097, 11, 12, 13));
+        assert_eq!((ds.shm_cpid, ds.shm_lpid, ds.shm_nattch), (77, 78, 2));
+    }
+}
