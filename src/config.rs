@@ -98,12 +98,6 @@ pub fn get() -> &'static Config {
     CONFIG.get_or_init(Config::from_env)
 }
 
-/// Captures the environment at load time.
-#[ctor::ctor]
-fn snapshot() {
-    let _ = get();
-}
-
 /// Host limits from /proc/sys/kernel, falling back to the kernel's built-in values (S6).
 pub fn host_limits() -> crate::registry::Limits {
     const BUILTIN: u64 = u64::MAX - (1 << 24);

@@ -1,7 +1,10 @@
 //! shmshim: Linux System V shared memory (`shmget`, `shmat`, `shmdt`, `shmctl`)
 //! reimplemented in userspace on memfd + mmap, loaded with `LD_PRELOAD`.
 //!
-//! See `docs/ARCHITECTURE.md` for the design, `README.md` for use.
+//! This crate is the core (semantics, registry, server, client); the preload
+//! library with the C ABI hooks is the `preload` crate, and the `shmshim` binary
+//! (CLI and server) exports no hook. See `docs/ARCHITECTURE.md` for the design,
+//! `README.md` for use.
 
 pub mod cell;
 pub mod client;
@@ -9,7 +12,6 @@ pub mod config;
 pub mod creds;
 pub mod frags;
 pub mod fsmutex;
-pub mod hooks;
 pub mod log;
 pub mod process;
 pub mod proto;

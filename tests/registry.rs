@@ -4,9 +4,9 @@
 //! are created and destroyed by the real `shm::newseg_plan`/`newseg_publish` and
 //! `shm::shm_destroy`.
 
-use shmshim::creds::Creds;
-use shmshim::registry::*;
-use shmshim::shm::{self, GetParams, Holder};
+use shmshim_core::creds::Creds;
+use shmshim_core::registry::*;
+use shmshim_core::shm::{self, GetParams, Holder};
 use std::path::PathBuf;
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -336,7 +336,7 @@ fn a_full_filesystem_fails_the_call_that_needs_space_never_a_later_access() {
                 }
             }
         }
-        assert_eq!(err, Some(shmshim::sys::Errno(libc::ENOSPC)), "after {created} creates");
+        assert_eq!(err, Some(shmshim_core::sys::Errno(libc::ENOSPC)), "after {created} creates");
         // Everything created is intact and readable; no access raised SIGBUS.
         g.check_invariants().unwrap();
         assert_eq!(g.hdr().in_use.get(), created);

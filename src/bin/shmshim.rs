@@ -1,7 +1,7 @@
 //! The `shmshim` command: run programs under the shim, list and remove segments,
 //! and serve namespaces (`shmshim serve`).
 
-use shmshim::{client, process, proto, registry, server, shm};
+use shmshim_core::{client, process, proto, registry, server, shm};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -41,13 +41,13 @@ fn command_help(cmd: &str) -> Option<&'static str> {
 }
 
 fn mode_line() -> String {
-    use shmshim::config::{get, Mode};
+    use shmshim_core::config::{get, Mode};
     let m = match get().mode {
         Mode::Emulate => "emulate",
         Mode::Native => "native",
         Mode::Auto => "auto",
     };
-    let effective = if shmshim::config::emulating() { "emulated by shmshim" } else { "served by the kernel (ipcs -m lists them)" };
+    let effective = if shmshim_core::config::emulating() { "emulated by shmshim" } else { "served by the kernel (ipcs -m lists them)" };
     format!("namespace {} (SHMSHIM_MODE={m}: segments {effective})", get().dir.display())
 }
 
@@ -129,38 +129,47 @@ fn demo(lib: &std::path::Path) -> ! {
 
 fn demo_step(what: &str) -> i32 {
     let pid = std::process::id();
-    // These calls go through the shim's C ABI exactly as a C program's would.
+    // These are libc's shmget/shmat/shmdt/shmctl, which the preloaded library
+    // replaces exactly as it does a C program's (this binary has no hooks).
+    // SAFETY: shmget takes no pointer; a bad argument only makes it fail.
+    let shmget = |key, size, flg| unsafe { libc::shmget(key, size, flg) };
+    // SAFETY: a new attach at an address the call chooses replaces nothing.
+    let shmat = |id, flg| unsafe { libc::shmat(id, std::ptr::null(), flg) };
+    // SAFETY: only called with an attach this step made and no longer uses.
+    let shmdt = |p: *const libc::c_void| unsafe { libc::shmdt(p) };
+    // SAFETY: IPC_RMID reads no buffer.
+    let rmid = |id| unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
     match what {
         "write" => {
-            let id = shmshim::hooks::shmget(DEMO_KEY, 4096, 0o1000 | 0o600);
+            let id = shmget(DEMO_KEY, 4096, 0o1000 | 0o600);
             if id < 0 {
                 eprintln!("demo write: shmget failed: {}", std::io::Error::last_os_error());
                 return 1;
             }
-            let p = shmshim::hooks::shmat(id, std::ptr::null(), 0) as *mut u8;
+            let p = shmat(id, 0) as *mut u8;
             if p as isize == -1 {
                 return 1;
             }
             let msg = format!("hello from pid {pid}\0");
             // SAFETY: p maps at least 4096 writable bytes of the segment.
             unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len()) };
-            shmshim::hooks::shmdt(p as *const _);
+            shmdt(p as *const _);
             println!("[writer pid {pid}] created key {DEMO_KEY:#x} as id {id}, wrote {:?}, exiting", msg.trim_end_matches('\0'));
             0
         }
         "read" => {
-            let id = shmshim::hooks::shmget(DEMO_KEY, 0, 0);
+            let id = shmget(DEMO_KEY, 0, 0);
             if id < 0 {
                 eprintln!("demo read: segment not found: {}", std::io::Error::last_os_error());
                 return 1;
             }
-            let p = shmshim::hooks::shmat(id, std::ptr::null(), libc::SHM_RDONLY) as *const u8;
+            let p = shmat(id, libc::SHM_RDONLY) as *const u8;
             if p as isize == -1 {
                 return 1;
             }
             // SAFETY: p maps 4096 readable bytes; the writer left a NUL-terminated string.
             let s = unsafe { std::ffi::CStr::from_ptr(p as *const libc::c_char) }.to_string_lossy().into_owned();
-            shmshim::hooks::shmdt(p as *const _);
+            shmdt(p as *const _);
             println!("[reader pid {pid}] found key {DEMO_KEY:#x} as id {id}, read {s:?}");
             if s.starts_with("hello from pid") {
                 0
@@ -169,8 +178,8 @@ fn demo_step(what: &str) -> i32 {
             }
         }
         "remove" => {
-            let id = shmshim::hooks::shmget(DEMO_KEY, 0, 0);
-            let r = shmshim::hooks::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            let id = shmget(DEMO_KEY, 0, 0);
+            let r = rmid(id);
             println!("[remover pid {pid}] IPC_RMID id {id}: {}", if r == 0 { "removed" } else { "failed" });
             if r == 0 {
                 0
@@ -220,8 +229,8 @@ fn cmd_ls(args: &[String]) -> i32 {
         let list: Vec<String> = segs.iter().map(seg_json).collect();
         println!(
             "{{\"namespace\":{},\"mode\":{},\"segments\":[{}]}}",
-            json_str(&shmshim::config::get().dir.display().to_string()),
-            json_str(if shmshim::config::emulating() { "emulate" } else { "native" }),
+            json_str(&shmshim_core::config::get().dir.display().to_string()),
+            json_str(if shmshim_core::config::emulating() { "emulate" } else { "native" }),
             list.join(",")
         );
         return 0;
@@ -285,18 +294,19 @@ fn cmd_rm(args: &[String]) -> i32 {
             continue;
         };
         let id = if by_key {
-            let id = shmshim::hooks::shmget(n as i32, 0, 0);
-            if id < 0 {
-                eprintln!("shmshim rm: key {a}: {} (no live segment has this key; `shmshim ls` lists them)", std::io::Error::last_os_error());
-                status = 1;
-                continue;
+            match shm::shmget(n as i32, 0, 0) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("shmshim rm: key {a}: {} (no live segment has this key; `shmshim ls` lists them)", std::io::Error::from_raw_os_error(e.0));
+                    status = 1;
+                    continue;
+                }
             }
-            id
         } else {
             n as i32
         };
-        if shmshim::hooks::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = shm::shmctl(id, shm::IPC_RMID, 0) {
+            let e = std::io::Error::from_raw_os_error(e.0);
             let hint = match e.raw_os_error() {
                 Some(libc::EINVAL) => "no such segment; `shmshim ls` lists them",
                 Some(libc::EPERM) => "only the owner, the creator or root may remove it",
@@ -312,7 +322,7 @@ fn cmd_rm(args: &[String]) -> i32 {
 fn cmd_stat(args: &[String]) -> i32 {
     let Some(id) = args.first().and_then(|a| parse_num(a)) else { die("stat: give a segment id; see `shmshim ls`") };
     let Some(s) = shm::list_segments(open_namespace()).into_iter().find(|s| s.id as i64 == id) else {
-        eprintln!("shmshim stat: no segment with id {id} in {} (see `shmshim ls`)", shmshim::config::get().dir.display());
+        eprintln!("shmshim stat: no segment with id {id} in {} (see `shmshim ls`)", shmshim_core::config::get().dir.display());
         return 1;
     };
     let t = |v: i64| if v == 0 { "not set".to_string() } else { v.to_string() };
@@ -362,7 +372,7 @@ fn cmd_check() -> i32 {
     if reg.header().in_use.get() > 0 || local.conn.is_some() {
         match client::request(&mut local, ns, &proto::Msg::new(proto::CHECK), &[]) {
             Ok(_) => {}
-            Err(shmshim::sys::Errno(libc::EIO)) => {
+            Err(shmshim_core::sys::Errno(libc::EIO)) => {
                 println!("registry {}: the server reports an inconsistency", reg.path.display());
                 return 1;
             }
@@ -389,7 +399,7 @@ fn cmd_serve(rest: &[String]) -> i32 {
             _ => die(&format!("serve: unknown argument {a}; see `shmshim serve --help`")),
         }
     }
-    let dir = dir.unwrap_or_else(|| shmshim::config::get().dir.clone());
+    let dir = dir.unwrap_or_else(|| shmshim_core::config::get().dir.clone());
     server::serve(server::Options { dir, shared, auto })
 }
 

@@ -1,4 +1,4 @@
-//! The exported C ABI. Each hook converts arguments, calls safe core code in `shm`,
+//! libshmshim.so: the exported C ABI. Each hook converts arguments, calls safe core code in `shm`,
 //! sets errno and logs. Panics never cross into the host program: they become
 //! EINVAL (and a message on stderr).
 //!
@@ -21,13 +21,20 @@
 // paths are read only up to their NUL as open(2) itself requires.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-use crate::client;
-use crate::config::emulating;
-use crate::log;
-use crate::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
-use crate::shm::{self, VmChange};
-use crate::sys::{self, Errno, SysResult};
+/// Captures the environment at load time, before a program can rewrite it (as
+/// PostgreSQL does with its ps display).
+#[ctor::ctor]
+fn snapshot() {
+    let _ = shmshim_core::config::get();
+}
+
 use libc::{c_char, c_int, c_long, c_uint, c_void, pid_t, size_t};
+use shmshim_core::client;
+use shmshim_core::config::emulating;
+use shmshim_core::log;
+use shmshim_core::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
+use shmshim_core::shm::{self, VmChange};
+use shmshim_core::sys::{self, Errno, SysResult};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The next definition of an interposed libc function, looked up once.
@@ -59,7 +66,7 @@ fn enosys<T>(v: T) -> T {
 /// fails at once with EDEADLK (documented in the README); one that interrupted
 /// shim code holding no lock runs normally.
 fn guarded<T>(f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
-    if crate::fsmutex::holding_any() {
+    if shmshim_core::fsmutex::holding_any() {
         return Err(Errno(libc::EDEADLK));
     }
     let _r = Reentry::enter();
