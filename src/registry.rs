@@ -740,20 +740,21 @@ impl Registry {
         (0..self.proc_hwm()).filter(|&p| self.proc_entry(p).pid.get() != 0)
     }
 
+    /// The counters as the slots say they are: (in use, pages, highest used index).
+    fn tally(&self) -> (u32, u64, i32) {
+        let used = (0..self.slot_hwm()).filter(|&i| self.slot(i).is_used());
+        used.fold((0, 0, -1), |(n, pages, _), i| (n + 1, pages + self.slot(i).pages.get(), i as i32))
+    }
+
     /// Checks every invariant; used by tests and `shmshim check`.
     pub fn check_invariants(&self) -> Result<(), String> {
         let h = self.header();
-        let mut in_use = 0;
-        let mut tot = 0;
-        let mut max = -1;
+        let (in_use, tot, max) = self.tally();
         for i in 0..self.slot_hwm() {
             let s = self.slot(i);
             if !s.is_used() {
                 continue;
             }
-            in_use += 1;
-            tot += s.pages.get();
-            max = i as i32;
             let key = s.key.get();
             if key != 0 && s.mode.get() & SHM_DEST == 0 && self.find_key(key) != Some(i) {
                 return Err(format!("slot {i}: key {key} not indexed"));
@@ -1130,20 +1131,14 @@ impl<'a> RegGuard<'a> {
                 self.index(i).set(0);
             }
         }
-        let (mut in_use, mut tot, mut max) = (0, 0, -1);
         for i in 0..self.slot_hwm() {
             let s = self.slot(i);
-            if !s.is_used() {
-                continue;
-            }
-            in_use += 1;
-            tot += s.pages.get();
-            max = i as i32;
             let key = s.key.get();
-            if key != 0 && s.mode.get() & SHM_DEST == 0 {
+            if s.is_used() && key != 0 && s.mode.get() & SHM_DEST == 0 {
                 self.index_insert(key, i);
             }
         }
+        let (in_use, tot, max) = self.tally();
         h.in_use.set(in_use);
         h.shm_tot.set(tot);
         h.max_idx.set(max);

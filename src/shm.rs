@@ -779,20 +779,18 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
         shmat_hold(&mut g, &mut Creds::current(), me, id, acc)?
     };
     let res = segment_fd(&mut local, ns, &info, flg & SHM_RDONLY != 0).and_then(|(fd, _keep)| map_segment(fd, &info, addr, fixed, flg, prot));
-    let mut g = ns.reg.lock();
-    shmat_done(&mut g, me, info.slot, info.serial, res.is_ok(), pid);
+    shmat_done(&mut ns.reg.lock(), me, info.slot, info.serial, res.is_ok(), pid);
     let at = res?;
-    attached(&mut local, &mut g, me, &info, at, flg, prot);
+    attached(&mut local, ns, &info, at, flg, prot);
     Ok(at)
 }
 
-/// Records a new attach in this process (and, for SHM_REMAP, what it replaced).
-fn attached(local: &mut Local, g: &mut RegGuard, me: usize, info: &SegInfo, at: usize, flg: i32, prot: i32) {
+/// Records a new attach in this process and books, for SHM_REMAP, the attaches it
+/// replaced (S59: whatever was mapped there is gone, attaches included).
+fn attached(local: &mut Local, ns: &Namespace, info: &SegInfo, at: usize, flg: i32, prot: i32) {
     if flg & SHM_REMAP != 0 {
-        // S59: whatever was mapped there is gone, attaches included.
-        for (slot, serial, opens, closes) in apply_local(local, at, info.map_len, VmChange::Unmap) {
-            book(g, me, slot, serial, opens, closes, local.pid);
-        }
+        let deltas = apply_local(local, at, info.map_len, VmChange::Unmap);
+        book_local(local, ns, deltas);
     }
     local.attaches.push(Attach {
         slot: info.slot,
@@ -828,17 +826,7 @@ fn shmat_remote(local: &mut Local, ns: &Namespace, id: i32, addr: usize, fixed: 
     (done.a, done.b, done.c) = (info.slot as u64, info.serial, res.is_ok() as u64);
     let _ = client::request(local, ns, &done, &[]);
     let at = res?;
-    if flg & SHM_REMAP != 0 {
-        let deltas = apply_local(local, at, info.map_len, VmChange::Unmap);
-        vm_remote(local, ns, deltas);
-    }
-    local.attaches.push(Attach {
-        slot: info.slot,
-        serial: info.serial,
-        map_len: info.map_len,
-        frags: vec![Frag { addr: at, len: info.map_len, pgoff: 0, flags: prot as u32 }],
-    });
-    local.publish_count();
+    attached(local, ns, &info, at, flg, prot);
     Ok(at)
 }
 
