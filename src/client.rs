@@ -7,7 +7,6 @@
 
 use crate::process::{self, Conn, HeldFd, Local, Namespace, EPFD, LOCAL};
 use crate::proto::{self, Msg};
-use crate::registry::Registry;
 use crate::sys::{self, Errno, SysResult};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -396,11 +395,6 @@ pub fn spawn(dir: &Path) -> SysResult<()> {
         eprintln!("shmshim: cannot start the server {}: {}", bin.display(), e.name());
         Errno(libc::ENOMEM)
     })
-}
-
-/// The registry a request acts on, for callers that hold only the namespace.
-pub fn reg(ns: &Namespace) -> &Registry {
-    &ns.reg
 }
 
 /// A fork child registered by its parent before the fork.

@@ -303,10 +303,6 @@ pub fn namespace_if_open() -> Option<&'static Namespace> {
     NAMESPACE.get()
 }
 
-pub fn registry_if_open() -> Option<&'static Registry> {
-    NAMESPACE.get().map(|ns| &ns.reg)
-}
-
 /// Opens the namespace and connects to its server now, while this process can
 /// still reach the namespace directory: before a uid change or a chroot (their
 /// hooks call this), so the process keeps its namespace whatever it does later.

@@ -556,14 +556,6 @@ pub fn set_passcred(sock: RawFd) {
     }
 }
 
-pub fn set_rcvtimeo(sock: RawFd, ms: i64) {
-    let tv = libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000 };
-    // SAFETY: a valid timeval option value.
-    unsafe {
-        libc::setsockopt(sock, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, std::mem::size_of::<libc::timeval>() as u32);
-    }
-}
-
 // ----------------------------------------------------------- credentials
 
 /// Bumped by the shim's set*id/setgroups/capset hooks after every credential
@@ -939,12 +931,6 @@ pub fn daemonize(keep: &[RawFd]) {
 pub fn set_dumpable(on: bool) {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) };
-}
-
-/// Whether a process with this pid exists.
-pub fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || errno() == libc::EPERM)
 }
 
 /// Blocks every signal on this thread until dropped: a handler cannot run in the
