@@ -43,29 +43,35 @@ fn env_u64(name: &str) -> Option<u64> {
     env(name).and_then(|v| v.trim().parse().ok())
 }
 
-/// The default, per-user namespace directory: `$XDG_RUNTIME_DIR/shmshim`, else
-/// `/dev/shm/shmshim-UID`, else `$TMPDIR/shmshim-UID`, else `/tmp/shmshim-UID`.
+/// The kernel IPC namespace this process is in (the inode of /proc/self/ns/ipc), or
+/// 0 where that cannot be read.
+pub fn ipc_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/ipc").ok().and_then(|l| l.to_str()?.strip_prefix("ipc:[")?.strip_suffix(']')?.parse().ok()).unwrap_or(0)
+}
+
+/// The default namespace directory, one per user and per kernel IPC namespace (as
+/// the kernel scopes segments): `$XDG_RUNTIME_DIR/shmshim-ipcN`, else
+/// `/dev/shm/shmshim-UID-ipcN`, else `$TMPDIR/shmshim-UID-ipcN`, else
+/// `/tmp/shmshim-UID-ipcN`, N being the IPC namespace's inode.
 pub fn default_dir(uid: u32) -> PathBuf {
+    let ipc = ipc_namespace();
     if let Some(x) = env("XDG_RUNTIME_DIR") {
         let p = PathBuf::from(x);
         if p.is_dir() {
-            return p.join("shmshim");
+            return p.join(format!("shmshim-ipc{ipc}"));
         }
     }
     let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        // SAFETY-free check: access(2) through std metadata is enough here.
-        if std::fs::metadata(&shm).map(|m| !m.permissions().readonly()).unwrap_or(false) {
-            return shm.join(format!("shmshim-{uid}"));
-        }
+    if shm.is_dir() && std::fs::metadata(&shm).map(|m| !m.permissions().readonly()).unwrap_or(false) {
+        return shm.join(format!("shmshim-{uid}-ipc{ipc}"));
     }
     if let Some(t) = env("TMPDIR") {
         let p = PathBuf::from(t);
         if p.is_dir() {
-            return p.join(format!("shmshim-{uid}"));
+            return p.join(format!("shmshim-{uid}-ipc{ipc}"));
         }
     }
-    PathBuf::from(format!("/tmp/shmshim-{uid}"))
+    PathBuf::from(format!("/tmp/shmshim-{uid}-ipc{ipc}"))
 }
 
 impl Config {

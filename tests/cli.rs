@@ -263,21 +263,23 @@ fn default_namespace_dir_per_user_and_without_dev_shm() {
         .env_remove("SHMSHIM_DIR")
         .env("XDG_RUNTIME_DIR", &xdg));
     assert_eq!(text(&o).trim(), "0", "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(xdg.join("shmshim/registry").exists());
+    let ipc = shmshim_core::config::ipc_namespace();
+    assert!(ipc != 0);
+    assert!(xdg.join(format!("shmshim-ipc{ipc}/registry")).exists());
     let rm = run(Command::new(nosysv)
         .args([probe.to_str().unwrap(), "rm", "0x5eed7006"])
         .env("LD_PRELOAD", release("libshmshim.so"))
         .env_remove("SHMSHIM_DIR")
         .env("XDG_RUNTIME_DIR", &xdg));
     assert!(rm.status.success());
-    finish(&xdg.join("shmshim"));
+    finish(&xdg.join(format!("shmshim-ipc{ipc}")));
     finish(&xdg);
     // No $XDG_RUNTIME_DIR and no writable /dev/shm (as in serverless runtimes):
     // $TMPDIR/shmshim-UID. A private mount namespace hides /dev/shm.
     let tmp = tempdir("tmpdir");
     std::fs::create_dir_all(&tmp).unwrap();
     let script = format!(
-        "mount -t tmpfs -o mode=0555 none /dev/shm && {p} create 0x5eed7007 && test -f \"$TMPDIR/shmshim-$(id -u)/registry\" && echo found && {p} rm 0x5eed7007",
+        "mount -t tmpfs -o mode=0555 none /dev/shm && {p} create 0x5eed7007 && test -f \"$TMPDIR/shmshim-$(id -u)-ipc$(readlink /proc/self/ns/ipc | tr -dc 0-9)/registry\" && echo found && {p} rm 0x5eed7007",
         p = probe.display()
     );
     let o = run(Command::new("unshare")
@@ -289,7 +291,7 @@ fn default_namespace_dir_per_user_and_without_dev_shm() {
     assert_eq!(text(&o).trim(), "0\nfound", "{}", String::from_utf8_lossy(&o.stderr));
     // SAFETY: getuid takes no arguments and cannot fail.
     let uid = unsafe { libc::getuid() };
-    finish(&tmp.join(format!("shmshim-{uid}")));
+    finish(&tmp.join(format!("shmshim-{uid}-ipc{ipc}")));
     finish(&tmp);
 }
 
@@ -323,4 +325,31 @@ fn a_killed_server_is_replaced_and_adopts_attached_segments() {
         assert!(run(shim(&dir, true, &[p, "rm", key])).status.success());
     }
     finish(&dir);
+}
+
+#[test]
+fn the_default_namespace_is_per_kernel_ipc_namespace() {
+    // A segment left in one IPC namespace is not seen from a fresh one (as on
+    // Linux), and is seen from the same one.
+    let (probe, nosysv) = setup();
+    let xdg = tempdir("ipcns");
+    std::fs::create_dir_all(&xdg).unwrap();
+    let p = probe.to_str().unwrap();
+    let run_in = |ipc_unshare: bool, args: &[&str]| {
+        let mut c = Command::new(if ipc_unshare { "unshare" } else { nosysv.to_str().unwrap() });
+        if ipc_unshare {
+            c.args(["--ipc", nosysv.to_str().unwrap()]);
+        }
+        run(c.args(args).env("LD_PRELOAD", release("libshmshim.so")).env_remove("SHMSHIM_DIR").env("XDG_RUNTIME_DIR", &xdg))
+    };
+    assert_eq!(text(&run_in(false, &[p, "create", "0x5eed7300"])).trim(), "0");
+    let same = run_in(false, &[p, "find", "0x5eed7300"]);
+    assert_eq!(text(&same).trim(), "0 0", "the same IPC namespace finds it");
+    let other = run_in(true, &[p, "find", "0x5eed7300"]);
+    assert_eq!(text(&other).trim(), format!("-1 {}", libc::ENOENT), "a fresh IPC namespace is empty: {}", String::from_utf8_lossy(&other.stderr));
+    assert!(run_in(false, &[p, "rm", "0x5eed7300"]).status.success());
+    for e in std::fs::read_dir(&xdg).unwrap().flatten() {
+        finish(&e.path());
+    }
+    finish(&xdg);
 }
