@@ -318,20 +318,18 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
     }
 }
 
-/// Wakes the server (a removed segment's memory is to be released now). Never
-/// waits, needs no lock: the connection's number is published in `SOCKFD`.
-pub fn wake_server() {
+/// Sends a message that needs no reply: best effort, never waits, needs no lock
+/// (the connection's number is published in `SOCKFD`).
+pub fn notify(m: &Msg) {
     let fd = process::SOCKFD.load(Ordering::Acquire);
     if fd >= 0 {
-        let _ = sys::send_with_fds(fd, &Msg::new(proto::REFILL).bytes(), &[], libc::MSG_DONTWAIT);
+        let _ = sys::send_with_fds(fd, &m.bytes(), &[], libc::MSG_DONTWAIT);
     }
 }
 
-/// Sends a message that needs no reply (best effort, never waits).
-pub fn notify(local: &Local, m: &Msg) {
-    if let Some(c) = &local.conn {
-        let _ = sys::send_with_fds(c.sock.fd, &m.bytes(), &[], libc::MSG_DONTWAIT);
-    }
+/// Wakes the server: a removed segment's memory is to be released now.
+pub fn wake_server() {
+    notify(&Msg::new(proto::REFILL));
 }
 
 /// A request on this process's connection.

@@ -668,17 +668,30 @@ impl Server {
         Ok(r)
     }
 
-    /// MAKE: a memfd the server holds from now on.
-    fn make(&mut self, conn: RawFd, flags: u32, len: u64) -> SysResult<(Msg, OwnedFd)> {
-        if self.fds.len() + self.made.len() + self.conns.len() + FD_RESERVE + crate::registry::POOL_SIZE >= self.fd_limit {
+    /// Whether the server may hold one more memfd and still keep descriptors for
+    /// connections and replies (and, in a private namespace, a full pool).
+    fn room_for_memfd(&self) -> bool {
+        let pool = if self.shared { 0 } else { crate::registry::POOL_SIZE };
+        self.fds.len() + self.made.len() + self.conns.len() + FD_RESERVE + pool < self.fd_limit
+    }
+
+    /// A new memfd of `len` bytes with `flags` (MFD_HUGETLB and its size code) and
+    /// its inode; ENFILE where the server cannot hold another descriptor (the
+    /// shmget that asked fails, nothing created is lost later), ENOMEM otherwise.
+    fn new_memfd(&self, flags: u32, len: u64) -> SysResult<(OwnedFd, u64)> {
+        if !self.room_for_memfd() {
             return Err(Errno(libc::ENFILE));
         }
         let flags = (flags & (libc::MFD_HUGETLB | (0x3f << 26))) | libc::MFD_CLOEXEC;
-        let fd =
-            sys::memfd_create(c"SYSV", flags)
-                .map_err(|e| if matches!(e.0, libc::EMFILE | libc::ENFILE) { Errno(libc::ENFILE) } else { Errno(libc::ENOMEM) })?;
+        let fd = sys::memfd_create(c"SYSV", flags).map_err(|e| Errno(if matches!(e.0, libc::EMFILE | libc::ENFILE) { libc::ENFILE } else { libc::ENOMEM }))?;
         sys::ftruncate(fd.as_raw_fd(), len).map_err(|_| Errno(libc::ENOMEM))?;
         let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
+        Ok((fd, ino))
+    }
+
+    /// MAKE: a memfd the server holds from now on.
+    fn make(&mut self, conn: RawFd, flags: u32, len: u64) -> SysResult<(Msg, OwnedFd)> {
+        let (fd, ino) = self.new_memfd(flags, len)?;
         let reply_fd = sys::dup(fd.as_raw_fd()).map_err(|_| Errno(libc::ENFILE))?;
         let n = fd.as_raw_fd();
         self.fds.insert(n, fd);
@@ -843,18 +856,7 @@ impl Server {
             }
         }
         let plan = shm::newseg_plan(&g, creds, p)?;
-        if self.fds.len() + self.conns.len() + FD_RESERVE >= self.fd_limit {
-            return Err(Errno(libc::ENFILE));
-        }
-        let fd = sys::memfd_create(c"SYSV", plan.mfd_flags).map_err(|e| {
-            if matches!(e.0, libc::EMFILE | libc::ENFILE) {
-                Errno(libc::ENFILE)
-            } else {
-                Errno(libc::ENOMEM)
-            }
-        })?;
-        sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
-        let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
+        let (fd, ino) = self.new_memfd(plan.mfd_flags, plan.file_len)?;
         let n = fd.as_raw_fd();
         let (id, _, serial) = shm::newseg_publish(&mut g, creds, p, &plan, ino, Holder::Server { fd: n, gen: self.gen })?;
         self.fds.insert(n, fd);
@@ -915,14 +917,10 @@ impl Server {
             if e.fd.load(Ordering::Acquire) != 0 || e.taken.load(Ordering::Acquire) != 0 {
                 continue;
             }
-            if self.fds.len() + self.made.len() + self.conns.len() + FD_RESERVE + crate::registry::POOL_SIZE >= self.fd_limit {
-                break;
-            }
-            let Ok(fd) = sys::memfd_create(c"SYSV", libc::MFD_CLOEXEC) else { break };
-            let Ok(st) = sys::fstat(fd.as_raw_fd()) else { break };
+            let Ok((fd, ino)) = self.new_memfd(0, 0) else { break };
             let n = fd.as_raw_fd();
             self.fds.insert(n, fd);
-            e.ino.store(st.st_ino, Ordering::Release);
+            e.ino.store(ino, Ordering::Release);
             e.fd.store(n, Ordering::Release);
         }
     }

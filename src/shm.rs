@@ -705,7 +705,7 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             drop(g);
             let mut named = Msg::new(proto::NAMED);
             (named.a, named.b, named.c) = (server_fd as u32 as u64, serial, idx as u64);
-            client::notify(local, &named);
+            client::notify(&named);
             local.cache_fd(idx, serial, ino, fd);
             return Ok(id);
         }
@@ -719,7 +719,7 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
                 // Half the pool gone: wake the server to refill (once, no waiting).
                 let left = h.pool.iter().filter(|e| e.fd.load(Ordering::Relaxed) > 0).count();
                 if left < registry::POOL_SIZE / 2 && h.refill_asked.atomic().swap(1, Ordering::AcqRel) == 0 {
-                    client::notify(local, &Msg::new(proto::REFILL));
+                    client::notify(&Msg::new(proto::REFILL));
                 }
                 local.cache_fd(idx, serial, ino, fd);
                 return Ok(id);
