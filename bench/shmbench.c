@@ -83,16 +83,26 @@ static int extra_ids[MAX_SEGS];
 static int n_extra;
 static int bw_id = -1;
 
-enum op { OP_LOOKUP, OP_STAT, OP_ATTACH, OP_CREATE, OP_N };
-static const char *op_names[OP_N] = {"lookup", "stat", "attach", "create"};
+enum op { OP_LOOKUP, OP_STAT, OP_ATTACH, OP_CREATE, OP_N, OP_SHMSTAT = OP_N, OP_ROTATE, OP_ALL };
+static const char *op_names[OP_ALL] = {"lookup", "stat", "attach", "create", "shmstat", "rotate"};
 
 static int op_parse(const char *s)
 {
-    for (int i = 0; i < OP_N; i++)
+    for (int i = 0; i < OP_ALL; i++)
         if (strcmp(s, op_names[i]) == 0)
             return i;
     return -1;
 }
+
+/* Working set of OP_ROTATE: shmat+touch+shmdt going round the first rot_w
+ * segments of the namespace (main, then the extra ones). */
+static int rot_w = 1;
+static long rot_i;
+
+/* Other processes holding the main segment attached (command "attachers"). */
+static pid_t att_pids[1024];
+static int n_att;
+static int att_pipe = -1;
 
 /* Each returns the number of failed calls. */
 static long run_op(int op, long iters)
@@ -133,8 +143,89 @@ static long run_op(int op, long iters)
                 err++;
         }
         break;
+    case OP_SHMSTAT:
+        /* SHM_STAT takes the index (the id modulo IPCMNI) and returns the id */
+        for (long i = 0; i < iters; i++)
+            if (shmctl(main_id % 32768, SHM_STAT, &ds) != main_id)
+                err++;
+        break;
+    case OP_ROTATE:
+        for (long i = 0; i < iters; i++) {
+            long k = rot_i++ % rot_w;
+            int id = k == 0 ? main_id : extra_ids[k - 1];
+            volatile unsigned char *p = shmat(id, NULL, 0);
+            if (p == (void *)-1) {
+                err++;
+                continue;
+            }
+            p[0]++;
+            if (shmdt((const void *)p) != 0)
+                err++;
+        }
+        break;
     }
     return err;
+}
+
+/* Ends the attached processes of "attachers": they exit without shmdt (their
+ * exit detaches them, as any process's does). Returns errors. */
+static long release_attachers(void)
+{
+    long err = 0;
+    if (att_pipe >= 0)
+        close(att_pipe);
+    att_pipe = -1;
+    for (int i = 0; i < n_att; i++) {
+        int st;
+        if (waitpid(att_pids[i], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            err++;
+    }
+    n_att = 0;
+    return err;
+}
+
+/* K processes attach the main segment and wait; answers "ok ERRORS NATTCH". */
+static void attachers(int k)
+{
+    long err = release_attachers();
+    int ready[2], hold[2];
+    if (k > (int)(sizeof att_pids / sizeof att_pids[0]) || pipe(ready) || pipe(hold)) {
+        printf("err attachers %d\n", k);
+        return;
+    }
+    for (int i = 0; i < k; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            err++;
+            break;
+        }
+        if (pid == 0) {
+            close(ready[0]);
+            close(hold[1]);
+            void *p = shmat(main_id, NULL, 0);
+            char c = p == (void *)-1 ? 'x' : 'r';
+            if (write(ready[1], &c, 1) != 1)
+                _exit(1);
+            while (read(hold[0], &c, 1) < 0 && errno == EINTR)
+                ;
+            _exit(p == (void *)-1);
+        }
+        att_pids[n_att++] = pid;
+    }
+    close(ready[1]);
+    close(hold[0]);
+    att_pipe = hold[1];
+    for (int i = 0; i < n_att; i++) {
+        char c;
+        if (read(ready[0], &c, 1) != 1 || c != 'r')
+            err++;
+    }
+    close(ready[0]);
+    struct shmid_ds ds;
+    long nattch = shmctl(main_id, IPC_STAT, &ds) == 0 ? (long)ds.shm_nattch : -1;
+    if (nattch != n_att)
+        err++;
+    printf("ok %ld %ld\n", err, nattch);
 }
 
 static long read_status_kb(const char *field)
@@ -467,7 +558,16 @@ static int worker(const char *mode)
         } else if (strcmp(cmd, "conc") == 0) {
             sscanf(line, "%*s %ld %ld", &a, &b);
             conc((int)a, b);
+        } else if (strcmp(cmd, "attachers") == 0) {
+            sscanf(line, "%*s %ld", &a);
+            attachers((int)a);
+        } else if (strcmp(cmd, "rotate") == 0) {
+            sscanf(line, "%*s %ld", &a);
+            rot_w = a < 1 ? 1 : a > n_extra + 1 ? n_extra + 1 : (int)a;
+            rot_i = 0;
+            printf("ok %d\n", rot_w);
         } else if (strcmp(cmd, "cleanup") == 0) {
+            release_attachers();
             cleanup();
             cleaned = 1;
         } else if (strcmp(cmd, "quit") == 0) {
@@ -629,7 +729,7 @@ struct row {
     const double *samples[2];
     int nsamp;
 };
-static struct row rows[64];
+static struct row rows[128];
 static int nrows;
 
 static struct row *add_row(const char *id, const char *label, const char *unit, double nat, double shim,
@@ -658,7 +758,7 @@ static double cost_samp[NN][OP_N][2][64]; /* per-batch ns/call */
 static long op_errors[NN][OP_N][2];
 
 static const char *op_labels[OP_N] = {"shmget lookup", "shmctl IPC_STAT", "shmat+touch+shmdt", "create+IPC_RMID"};
-static const double op_targets[OP_N] = {0.5, 0.5, 1.2, 2.0};
+static const double op_targets[OP_N] = {0.5, 0.5, 1.2, 1.5};
 
 static void bench_op(int op)
 {
@@ -698,6 +798,81 @@ static void bench_op(int op)
     for (int ni = 0; ni < NN; ni++)
         fprintf(stderr, "  %-18s N=%-5d native %10.1f  shim %10.1f  ns/call  (batches of %ld / %ld calls)\n",
                 op_labels[op], Ns[ni], cost[ni][op][0], cost[ni][op][1], iters[ni * 2], iters[ni * 2 + 1]);
+}
+
+/* Median ns/call of OP in a native and a shim worker, their batches
+ * alternating (who goes first rotates). */
+static void measure_pair(struct worker *wn, struct worker *ws, int op, double out[2], double samp[2][64], long errs[2])
+{
+    struct worker *wk[2] = {wn, ws};
+    long iters[2];
+    for (int m = 0; m < 2; m++) {
+        const char *r = ask(wk[m], "calib %s", op_names[op]);
+        double per = r ? atof(r) : 1000;
+        long it = per > 0 ? (long)(batch_target_ns / per) : 1000;
+        iters[m] = it < 100 ? 100 : it > 50000 ? 50000 : it;
+        errs[m] = 0;
+    }
+    for (int b = 0; b < batches; b++)
+        for (int k = 0; k < 2; k++) {
+            int m = (b + k) % 2;
+            const char *r = ask(wk[m], "batch %s %ld", op_names[op], iters[m]);
+            unsigned long long t = 0;
+            long e = 0;
+            if (r)
+                sscanf(r, "%llu %ld", &t, &e);
+            errs[m] += e;
+            samp[m][b] = (double)t / iters[m];
+        }
+    for (int m = 0; m < 2; m++) {
+        out[m] = median(samp[m], batches);
+        if (errs[m])
+            add_err("%s: %s: %ld failed calls", wk[m]->name, op_names[op], errs[m]);
+    }
+}
+
+/* Costs with K other processes attached to the measured segment. */
+static const int Ks[4] = {0, 10, 100, 400};
+static const int att_ops[4] = {OP_LOOKUP, OP_STAT, OP_SHMSTAT, OP_ATTACH};
+static const char *att_labels[4] = {"shmget lookup", "shmctl IPC_STAT", "shmctl SHM_STAT", "shmat+touch+shmdt"};
+static const double att_targets[4] = {0.5, 0.5, 0.5, 1.2};
+static double att_cost[4][4][2], att_samp[4][4][2][64];
+static long att_err[4][4][2];
+
+static void bench_attachers(void)
+{
+    for (int ki = 0; ki < 4; ki++) {
+        for (int m = 0; m < 2; m++) {
+            const char *r = ask(WK(0, m), "attachers %d", Ks[ki]);
+            long e = 1, nattch = -1;
+            if (r)
+                sscanf(r, "%ld %ld", &e, &nattch);
+            if (e || nattch != Ks[ki])
+                add_err("%s: %d attachers: %ld errors, nattch %ld", WK(0, m)->name, Ks[ki], e, nattch);
+        }
+        for (int oi = 0; oi < 4; oi++)
+            measure_pair(WK(0, 0), WK(0, 1), att_ops[oi], att_cost[ki][oi], att_samp[ki][oi], att_err[ki][oi]);
+        fprintf(stderr, "  %3d attached: lookup %.0f/%.0f  IPC_STAT %.0f/%.0f  SHM_STAT %.0f/%.0f  shmat %.0f/%.0f ns\n", Ks[ki],
+                att_cost[ki][0][0], att_cost[ki][0][1], att_cost[ki][1][0], att_cost[ki][1][1], att_cost[ki][2][0],
+                att_cost[ki][2][1], att_cost[ki][3][0], att_cost[ki][3][1]);
+    }
+    for (int m = 0; m < 2; m++)
+        ask(WK(0, m), "attachers 0");
+}
+
+/* shmat+touch+shmdt going round a working set of W segments (namespace N=4096). */
+static const int Ws[4] = {1, 64, 1024, 4096};
+static double rot_cost[4][2], rot_samp[4][2][64];
+static long rot_err[4][2];
+
+static void bench_rotate(void)
+{
+    for (int wi = 0; wi < 4; wi++) {
+        for (int m = 0; m < 2; m++)
+            ask(WK(NN - 1, m), "rotate %d", Ws[wi]);
+        measure_pair(WK(NN - 1, 0), WK(NN - 1, 1), OP_ROTATE, rot_cost[wi], rot_samp[wi], rot_err[wi]);
+        fprintf(stderr, "  working set %4d: native %.0f  shim %.0f ns\n", Ws[wi], rot_cost[wi][0], rot_cost[wi][1]);
+    }
 }
 
 struct mem {
@@ -853,6 +1028,32 @@ static void build_rows(long C)
         struct row *r = add_row(id, label, "cycles/s", conc_tp[pi][0], conc_tp[pi][1], T_CHECK, 0, 0);
         r->ok = conc_bad[pi] ? -2 : 1;
     }
+    {
+        struct row *r = add_row("conc_p8_ratio", "concurrency P=8 throughput (ratio)", "cycles/s", conc_tp[3][0], conc_tp[3][1], T_GE, 0.8, 0);
+        if (conc_bad[3])
+            r->ok = -2;
+    }
+    for (int ki = 0; ki < 4; ki++)
+        for (int oi = 0; oi < 4; oi++) {
+            snprintf(id, sizeof id, "%s_att%d", op_names[att_ops[oi]], Ks[ki]);
+            snprintf(label, sizeof label, "%s, %d others attached", att_labels[oi], Ks[ki]);
+            struct row *r = add_row(id, label, "ns/call", att_cost[ki][oi][0], att_cost[ki][oi][1], T_LE, att_targets[oi], 0);
+            if (att_err[ki][oi][0] || att_err[ki][oi][1])
+                r->ok = -2;
+            r->samples[0] = att_samp[ki][oi][0];
+            r->samples[1] = att_samp[ki][oi][1];
+            r->nsamp = batches;
+        }
+    for (int wi = 0; wi < 4; wi++) {
+        snprintf(id, sizeof id, "rotate_w%d", Ws[wi]);
+        snprintf(label, sizeof label, "shmat+touch+shmdt round %d segments", Ws[wi]);
+        struct row *r = add_row(id, label, "ns/call", rot_cost[wi][0], rot_cost[wi][1], T_LE, 1.2, 0);
+        if (rot_err[wi][0] || rot_err[wi][1])
+            r->ok = -2;
+        r->samples[0] = rot_samp[wi][0];
+        r->samples[1] = rot_samp[wi][1];
+        r->nsamp = batches;
+    }
     for (int op = 0; op < OP_N; op++) {
         for (int ni = 1; ni < NN; ni++) {
             snprintf(id, sizeof id, "%s_n%d", op_names[op], Ns[ni]);
@@ -942,6 +1143,10 @@ static int coord(int argc, char **argv)
     fprintf(stderr, "== per-call costs, N = 1, 64, 1024, 4096\n");
     for (int op = 0; op < OP_N; op++)
         bench_op(op);
+    fprintf(stderr, "== with 0, 10, 100, 400 other processes attached\n");
+    bench_attachers();
+    fprintf(stderr, "== working sets of 1, 64, 1024, 4096 segments\n");
+    bench_rotate();
     fprintf(stderr, "== 64 MiB bandwidth\n");
     bench_bw(quick ? 3 : 7);
     long C = quick ? 300 : 2000;

@@ -10,7 +10,7 @@ use crate::proto::{self, Msg};
 use crate::sys::{self, Errno, SysResult};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a call waits for its server's reply.
@@ -99,17 +99,20 @@ fn connect(ns: &Namespace) -> SysResult<OwnedFd> {
 /// its parent's registration) and a process whose connection the program closed
 /// register anew; their attaches are announced so they count (S118).
 pub fn ensure_conn(local: &mut Local, ns: &Namespace) -> SysResult<(usize, u32)> {
-    if let Some(me) = registered(local) {
+    if let Some(me) = registered(local, &ns.reg) {
         return Ok(me);
     }
     start_hello(local, ns)?;
     finish_hello(local, REPLY_TIMEOUT).map_err(unavailable)
 }
 
-/// Our registration, if it is intact (and this process's own).
-fn registered(local: &mut Local) -> Option<(usize, u32)> {
-    let pid = sys::getpid();
-    if local.pid != pid {
+/// Our registration, if it is intact (and this process's own), told without a
+/// system call: a fork child finds the fork token cleared, and an entry the
+/// server freed (because the program closed our connection, so we looked dead)
+/// has a new generation or no pid.
+fn registered(local: &mut Local, reg: &crate::registry::Registry) -> Option<(usize, u32)> {
+    if !process::same_process(local.pid) {
+        let pid = sys::getpid();
         // A raw fork's child: the registration and connection are the parent's.
         if let Some(c) = local.conn.take() {
             drop_conn(c, false);
@@ -122,15 +125,19 @@ fn registered(local: &mut Local) -> Option<(usize, u32)> {
         }
         local.attaches.retain(|a| !a.frags.is_empty());
         local.publish_count();
+        process::mark_process();
     }
-    if let (Some(c), Some(me)) = (&local.conn, local.me) {
-        if c.sock.intact() {
+    if let (Some(_), Some(me)) = (&local.conn, local.me) {
+        let e = reg.proc_entry(me.0);
+        if e.gen.get() == me.1 && e.pid.get() != 0 {
             return Some(me);
         }
     }
     if let Some(c) = local.conn.take() {
-        // Closed or replaced by the program: the server has seen us "die".
-        drop_conn(c, true);
+        // Our entry was freed: the program closed (or replaced) our connection
+        // and the server took us for dead.
+        let intact = c.sock.intact();
+        drop_conn(c, !intact);
         local.me = None;
     }
     None
@@ -190,11 +197,13 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
     // The kernel translates the peer's pid into our pid namespace (0 if the server
     // lives outside it, e.g. serving containers from the host).
     let server_pid = sys::peercred(sock.fd).map(|c| c.pid).unwrap_or(0);
-    local.conn = Some(Conn { sock, ep, death, server_gen: reply.c, server_pid });
+    let server_pidfd = (server_pid > 0).then(|| sys::pidfd_open(server_pid).ok().and_then(|fd| HeldFd::new(fd).ok())).flatten();
+    local.conn = Some(Conn { sock, ep, death, server_gen: reply.c, server_pid, server_pidfd });
     local.me = Some(me);
     crate::process::set_my_entry(Some(me));
     process::DEATHFD.store(death, Ordering::Release);
-    process::SOCKFD.store(local.conn.as_ref().map(|c| c.sock.fd).unwrap_or(-1), Ordering::Release);
+    publish_sock(local.conn.as_ref().map(|c| &c.sock));
+    CONN_GEN.store(reply.c, Ordering::Release);
     EPFD.store(ep, Ordering::Release);
     Ok(me)
 }
@@ -203,10 +212,14 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
 /// now, so nothing is closed.
 fn drop_conn(c: Conn, closed_by_program: bool) {
     EPFD.store(-1, Ordering::Release);
+    CONN_GEN.store(0, Ordering::Release);
     process::DEATHFD.store(-1, Ordering::Release);
-    process::SOCKFD.store(-1, Ordering::Release);
+    publish_sock(None);
     if closed_by_program {
         c.sock.forget();
+        if let Some(p) = c.server_pidfd {
+            p.forget();
+        }
         return;
     }
     drop(c.sock);
@@ -214,12 +227,81 @@ fn drop_conn(c: Conn, closed_by_program: bool) {
     sys::close(c.death);
 }
 
-/// Applies what the shared epoll instance reports before a call observes the
-/// namespace: deaths of participants (detached at once, so `shm_nattch` is exact
-/// after `waitpid`, S120) and the death of the server (this process registers with
-/// its successor, which first adopts or removes every segment: no id survives whose
-/// memory is gone). One `epoll_wait` when nothing happened.
+/// The server generation this process's connection belongs to (0: none).
+static CONN_GEN: AtomicU64 = AtomicU64::new(0);
+/// Set by this process's first complete `sync_now` (a fork child inherits it:
+/// it knows what its parent knew).
+static SYNCED_ONCE: AtomicBool = AtomicBool::new(false);
+
+/// Publishes the connection's number and inode for `notify`, which runs without
+/// LOCAL.
+fn publish_sock(sock: Option<&HeldFd>) {
+    process::SOCKINO.store(sock.map(|s| s.ino).unwrap_or(0), Ordering::Release);
+    process::SOCKFD.store(sock.map(|s| s.fd).unwrap_or(-1), Ordering::Release);
+}
+
+/// Whether a call may read the namespace as it is, without a system call: this
+/// process has learnt of every death once, and the server it knows of is alive.
+/// Deaths that happen after that are applied by the server as soon as the kernel
+/// tells it (the connection of the dead process hangs up), and at once by any
+/// participant that waits for the dead process (`learn_deaths`), so one that has
+/// waited for a child sees its detach (S120).
+pub fn synced(ns: &Namespace) -> bool {
+    if !SYNCED_ONCE.load(Ordering::Acquire) || !ns.reg.server_alive() {
+        return false;
+    }
+    let gen = CONN_GEN.load(Ordering::Acquire);
+    gen == 0 || gen == ns.reg.header().server_gen.get()
+}
+
+/// Before a call observes the namespace: nothing unless `synced` says otherwise,
+/// then `sync_now`.
 pub fn sync(ns: &Namespace) -> SysResult<()> {
+    if synced(ns) {
+        return Ok(());
+    }
+    sync_now(ns)
+}
+
+/// After this process reaped a child (the wait hooks), or before it reports a
+/// shortage: every death the kernel has reported is applied, the memory of
+/// segments they destroyed is released (our cached descriptors dropped, the
+/// server's closed) before the call returns, so a program started next finds the
+/// pages free and the ids gone.
+pub fn learn_deaths(ns: &Namespace) {
+    if crate::fsmutex::holding_any() {
+        return; // a handler that interrupted shim code: the interrupted call syncs
+    }
+    let _quiet = sys::block_signals();
+    let _ = sync_now(ns);
+    let mut local = LOCAL.lock();
+    release_destroyed(&mut local, ns);
+}
+
+/// Drops our descriptors of destroyed segments and, if the server still holds
+/// some, waits for it to close them.
+pub fn release_destroyed(local: &mut Local, ns: &Namespace) {
+    local.sweep_fds(&ns.reg);
+    let h = ns.reg.header();
+    if h.released_epoch.get() != h.destroy_epoch.get() && local.conn.is_some() {
+        let _ = request(local, ns, &Msg::new(proto::SYNC), &[]);
+    }
+}
+
+/// Applies what the shared epoll instance reports: deaths of participants
+/// (detached at once, so `shm_nattch` is exact after `waitpid`, S120) and the
+/// death of the server (this process registers with its successor, which first
+/// adopts or removes every segment: no id survives whose memory is gone). One
+/// `epoll_wait` when nothing happened.
+pub fn sync_now(ns: &Namespace) -> SysResult<()> {
+    let r = sync_epoll(ns);
+    if r.is_ok() {
+        SYNCED_ONCE.store(true, Ordering::Release);
+    }
+    r
+}
+
+fn sync_epoll(ns: &Namespace) -> SysResult<()> {
     let ep = EPFD.load(Ordering::Acquire);
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
     let n = if ep < 0 {
@@ -308,7 +390,7 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
         let intact = c.sock.intact();
         drop_conn(c, !intact);
     }
-    if registered(&mut local).is_some() {
+    if registered(&mut local, &ns.reg).is_some() {
         return Ok(());
     }
     start_hello(&mut local, ns)?;
@@ -322,7 +404,9 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
 /// (the connection's number is published in `SOCKFD`).
 pub fn notify(m: &Msg) {
     let fd = process::SOCKFD.load(Ordering::Acquire);
-    if fd >= 0 {
+    let ino = process::SOCKINO.load(Ordering::Acquire);
+    // The number may be the program's now, if it closed ours.
+    if fd >= 0 && matches!(sys::fstat(fd), Ok(st) if st.st_ino == ino) {
         let _ = sys::send_with_fds(fd, &m.bytes(), &[], libc::MSG_DONTWAIT);
     }
 }
@@ -335,6 +419,15 @@ pub fn wake_server() {
 /// A request on this process's connection.
 pub fn request(local: &mut Local, ns: &Namespace, m: &Msg, fds: &[RawFd]) -> SysResult<(Msg, Vec<OwnedFd>)> {
     ensure_conn(local, ns)?;
+    if !local.conn.as_ref().map(|c| c.sock.intact()).unwrap_or(false) {
+        // The program closed or replaced our connection, and the server has not
+        // freed our entry yet: register anew rather than talk to its descriptor.
+        if let Some(c) = local.conn.take() {
+            drop_conn(c, true);
+        }
+        local.me = None;
+        ensure_conn(local, ns)?;
+    }
     let sock = local.conn.as_ref().map(|c| c.sock.fd).ok_or(Errno(libc::ENOMEM))?;
     roundtrip(sock, m, fds)
 }
@@ -464,6 +557,7 @@ fn send_patiently(sock: RawFd, m: &Msg, fds: &[RawFd]) -> SysResult<()> {
 pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
     let pid = sys::getpid();
     local.pid = pid;
+    process::mark_process();
     // A HELLO the parent is waiting for is the parent's: our copy of its socket goes.
     local.pending = None;
     let parent = local.conn.take();
@@ -472,8 +566,9 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             // Our copy of the parent's connection goes; the epoll instance and the
             // death pipe are shared.
             drop(p.sock);
-            process::SOCKFD.store(c.sock.fd, Ordering::Release);
-            local.conn = Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid });
+            publish_sock(Some(&c.sock));
+            local.conn =
+                Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid, server_pidfd: p.server_pidfd });
             local.me = Some(c.me);
             crate::process::set_my_entry(Some(c.me));
             if ns.reg.writable {

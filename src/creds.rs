@@ -79,6 +79,11 @@ impl Creds {
         *self.pid.get_or_insert_with(sys::getpid)
     }
 
+    /// The caller's pid when it is known already (saves a getpid).
+    pub fn set_pid(&mut self, pid: i32) {
+        self.pid = Some(pid);
+    }
+
     pub fn capable(&mut self, cap: u32) -> bool {
         let caps = *self.caps.get_or_insert_with(sys::effective_caps);
         caps & (1u64 << cap) != 0

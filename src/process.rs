@@ -8,13 +8,18 @@ use crate::registry::Registry;
 use crate::sys::{self, Errno, SysResult};
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 pub const PAGE: usize = 4096;
 
-/// Cached segment descriptors kept beyond those of attached segments.
+/// Cached segment descriptors kept below the soft RLIMIT_NOFILE, where they use
+/// the program's own budget of descriptors.
 pub const FD_CACHE: usize = 32;
+/// Cached segment descriptors kept above the soft limit (where the hard limit
+/// leaves room), so that a process going round many segments maps each without
+/// reopening it, at no cost to the descriptors the program may open itself.
+pub const FD_CACHE_ABOVE: u64 = 16384;
 
 /// Fragment flag: MADV_DONTFORK (VM_DONTCOPY), not inherited by fork (S124).
 pub const FL_DONTFORK: u32 = 1 << 8;
@@ -99,6 +104,8 @@ pub struct CachedFd {
     pub ino: u64,
     pub rw: RawFd,
     pub ro: Option<RawFd>,
+    /// At or above the soft RLIMIT_NOFILE (see FD_CACHE_ABOVE).
+    pub above: bool,
 }
 
 impl Drop for CachedFd {
@@ -125,6 +132,27 @@ pub struct Conn {
     /// The server's pid as this process sees it (0: in another pid namespace,
     /// so its /proc entry is out of reach).
     pub server_pid: i32,
+    /// A pidfd of the server, for pidfd_getfd (None: none could be opened).
+    pub server_pidfd: Option<HeldFd>,
+}
+
+impl Conn {
+    /// A duplicate of the server's descriptor `n`: by pidfd_getfd, else through
+    /// /proc/SERVER/fd (both need the server's uid). The caller checks the inode:
+    /// the number may name another file by now, and our pidfd's number may have
+    /// been replaced by the program with a pidfd of another process.
+    pub fn server_fd(&self, n: RawFd) -> Option<OwnedFd> {
+        if let Some(p) = &self.server_pidfd {
+            if let Ok(fd) = sys::pidfd_getfd(p.fd, n) {
+                return Some(fd);
+            }
+        }
+        if self.server_pid <= 0 {
+            return None;
+        }
+        let path = format!("/proc/{}/fd/{n}", self.server_pid);
+        sys::open(&sys::cstr(std::path::Path::new(&path)), libc::O_RDWR | libc::O_CLOEXEC, 0).ok()
+    }
 }
 
 #[derive(Default)]
@@ -155,8 +183,24 @@ static ME: AtomicUsize = AtomicUsize::new(usize::MAX);
 pub static EPFD: AtomicI32 = AtomicI32::new(-1);
 /// This process's connection to the server (-1: none), for wake-ups sent without LOCAL.
 pub static SOCKFD: AtomicI32 = AtomicI32::new(-1);
+/// The inode of the connection at `SOCKFD`, to tell it from a number the program reused.
+pub static SOCKINO: AtomicU64 = AtomicU64::new(0);
 /// The server-death pipe's read end (-1: not connected), readable without LOCAL.
 pub static DEATHFD: AtomicI32 = AtomicI32::new(-1);
+
+/// Cleared by the kernel in every fork child (see `sys::ForkToken`).
+static FORK_TOKEN: sys::ForkToken = sys::ForkToken::new();
+
+/// Whether this is the process `pid` (`Local::pid`) names: one load, or getpid
+/// where the kernel has no MADV_WIPEONFORK or before `mark_process` ran.
+pub fn same_process(pid: i32) -> bool {
+    FORK_TOKEN.armed() || sys::getpid() == pid
+}
+
+/// Records that `Local::pid` now names this process.
+pub fn mark_process() {
+    FORK_TOKEN.arm();
+}
 
 pub fn my_entry() -> Option<usize> {
     let v = ME.load(Ordering::Acquire);
@@ -340,6 +384,25 @@ pub fn beyond_limit_fd(fd: OwnedFd) -> OwnedFd {
     }
 }
 
+/// Moves a descriptor above the soft RLIMIT_NOFILE (raised for a moment, within
+/// the hard limit, to let the duplicate be made there). Gives it back when the
+/// limits leave no room.
+pub fn above_limit_fd(fd: OwnedFd) -> Result<OwnedFd, OwnedFd> {
+    static PLACE: crate::fsmutex::FsMutex<()> = crate::fsmutex::FsMutex::new(());
+    let _g = PLACE.lock();
+    let (soft, hard) = sys::rlimit_nofile();
+    if soft == libc::RLIM_INFINITY || hard <= soft || soft > i32::MAX as u64 / 2 {
+        return Err(fd);
+    }
+    let room = (soft + FD_CACHE_ABOVE).min(hard);
+    if sys::set_rlimit_nofile(room, hard).is_err() {
+        return Err(fd);
+    }
+    let r = sys::dup_at_least(fd.as_raw_fd(), soft as i32);
+    let _ = sys::set_rlimit_nofile(soft, hard);
+    r.map_err(|_| fd)
+}
+
 /// Moves a descriptor to a high number, away from the low numbers programs manage
 /// themselves (closing "all" fds from 3 up, dup2 onto 0–2).
 pub fn high_fd(fd: OwnedFd) -> OwnedFd {
@@ -364,10 +427,11 @@ impl Local {
         NFRAGS.store(self.count_frags(), Ordering::Release);
     }
 
-    /// A validated cached descriptor for `serial` (rdonly: a read-only reopen).
-    pub fn cached_fd(&mut self, serial: u64, ino: u64, rdonly: bool) -> Option<RawFd> {
+    /// A validated cached descriptor for `serial` (rdonly: a read-only reopen),
+    /// its file at least `size` bytes long.
+    pub fn cached_fd(&mut self, serial: u64, ino: u64, size: u64, rdonly: bool) -> Option<RawFd> {
         let c = self.fds.get_mut(&serial)?;
-        let ok = c.ino == ino && matches!(sys::fstat(c.rw), Ok(st) if st.st_ino == ino);
+        let ok = c.ino == ino && matches!(sys::fstat(c.rw), Ok(st) if st.st_ino == ino && sized(c.rw, &st, size));
         if !ok {
             // The program closed or replaced our descriptor: Drop will not close
             // a number that is no longer ours.
@@ -388,22 +452,35 @@ impl Local {
         c.ro
     }
 
-    /// Caches a descriptor of segment `serial`. A read-only descriptor (all a
-    /// client of a shared namespace may get for a segment it can only read) is
-    /// cached as such and never used for a read-write map.
-    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) {
-        let rw = high_fd(fd).into_raw_fd();
-        self.fds.insert(serial, CachedFd { slot, ino, rw, ro: None });
-        // The kernel's shmget costs the caller no descriptor: keep at most
-        // FD_CACHE of ours beyond the attached segments', dropping the oldest.
-        if self.fds.len() > FD_CACHE {
-            let attached: std::collections::BTreeSet<u64> = self.attaches.iter().map(|a| a.serial).collect();
-            let spare: Vec<u64> = self.fds.keys().copied().filter(|s| !attached.contains(s) && *s != serial).collect();
-            let excess = self.fds.len() - FD_CACHE;
-            for s in spare.into_iter().take(excess) {
-                self.fds.remove(&s);
+    /// Caches a descriptor of segment `serial` (a memfd opened read-write; the
+    /// read-only reopen is made when first needed). The kernel's shm calls cost
+    /// the caller no descriptor: at most FD_CACHE of ours sit below the soft
+    /// RLIMIT_NOFILE (the oldest is dropped for a new one), the rest above it
+    /// where the hard limit leaves room. Returns the descriptor if there was no
+    /// room to keep it (the caller uses it once).
+    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) -> Option<OwnedFd> {
+        self.fds.remove(&serial);
+        let below = self.fds.values().filter(|c| !c.above).count();
+        let (fd, above) = if below < FD_CACHE {
+            (high_fd(fd), false)
+        } else {
+            match above_limit_fd(fd) {
+                Ok(fd) => (fd, true),
+                Err(fd) => {
+                    // No room above: drop the oldest below the limit instead.
+                    let oldest = self.fds.iter().find(|(_, c)| !c.above).map(|(&s, _)| s);
+                    match oldest {
+                        Some(s) => {
+                            self.fds.remove(&s);
+                            (high_fd(fd), false)
+                        }
+                        None => return Some(fd),
+                    }
+                }
             }
-        }
+        };
+        self.fds.insert(serial, CachedFd { slot, ino, rw: fd.into_raw_fd(), ro: None, above });
+        None
     }
 
     /// Drops cached descriptors of segments destroyed since the last call, so their
@@ -427,6 +504,14 @@ impl Local {
         }
         self.epoch = epoch;
     }
+}
+
+/// Gives a segment's memfd its size if it has none yet (a pooled memfd is
+/// created empty and sized by its first mapping; mapping beyond its end would
+/// fault). `st` is its fstat. False if it cannot be sized (a read-only
+/// descriptor of an unsized file: the server sizes what it hands out).
+pub fn sized(fd: RawFd, st: &libc::stat, size: u64) -> bool {
+    st.st_size as u64 >= size || sys::ftruncate(fd, size).is_ok()
 }
 
 /// Reopens a descriptor through /proc/self/fd with other access flags: a read-only

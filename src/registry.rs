@@ -52,11 +52,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSHIM\x02");
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Memfds the server makes ahead of time, so a creator of a private namespace needs
 /// no message to the server (see `server`).
-pub const POOL_SIZE: usize = 64;
+pub const POOL_SIZE: usize = 256;
 
 /// One pooled memfd, shared lock-free between the server and creators:
 /// - `fd` > 0: available, the server's descriptor number; the server stores `ino`
@@ -76,7 +76,7 @@ pub struct PoolEntry {
 }
 
 /// How many recent destructions the header remembers (`destroyed`).
-pub const DESTROYED_RING: usize = 128;
+pub const DESTROYED_RING: usize = 512;
 
 /// IPCMNI: the largest index + 1 (S7).
 pub const MAX_SLOTS: usize = 32768;
@@ -169,9 +169,16 @@ pub struct Header {
     server_alive: libc::pthread_mutex_t,
     /// Atomic: bumped whenever a creator takes a pooled memfd (the server refills).
     pub pool_taken: U64,
+    /// Atomic, written by the server: memfds it has put in the pool so far (minus
+    /// `pool_taken`, about how many are left; re-counted at each full sweep).
+    pub pool_filled: U64,
     /// Atomic: 1 once a creator has asked the server to refill a half-empty pool;
     /// the server clears it when it refills.
     pub refill_asked: U64,
+    /// Atomic, written by the server: the destroy_epoch up to which it has closed
+    /// its descriptors of destroyed segments (their memory is free once no
+    /// process maps them or caches a descriptor).
+    pub released_epoch: U64,
     /// The server's pool of empty memfds.
     pub pool: [PoolEntry; POOL_SIZE],
     /// Serials of the last DESTROYED_RING destroyed segments: destruction number e
@@ -180,7 +187,7 @@ pub struct Header {
     pub destroyed: [U64; DESTROYED_RING],
 }
 
-pub const HEADER_SIZE: usize = 4096;
+pub const HEADER_SIZE: usize = 16384;
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
 
 /// One segment: the kernel's `struct shmid_kernel` as userspace sees it.
@@ -488,6 +495,13 @@ impl Registry {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the file still looks like the registry it was (its size, magic and
+    /// version): a server stops touching one that was truncated or overwritten.
+    pub fn intact(&self) -> bool {
+        let h = self.header();
+        matches!(sys::fstat(self.fd.as_raw_fd()), Ok(st) if st.st_size as usize == FILE_SIZE) && h.magic.get() == MAGIC && h.version.get() == LAYOUT_VERSION
     }
 
     pub fn header(&self) -> &Header {

@@ -56,6 +56,114 @@ const MAX_MAP_COUNT: u32 = 65530;
 /// Connections one user may hold to a shared namespace's server.
 const CONNS_PER_UID: usize = 16384;
 
+/// The server's background thread: it keeps the pool of empty memfds full
+/// (making one costs a few microseconds of kernel time) on a CPU the creator is
+/// not using, while the main thread serves requests and closes the memfds of
+/// destroyed segments, so that creating and removing segments is not slowed by
+/// the server's share of the work.
+struct Background {
+    state: std::sync::Mutex<BgState>,
+    wake: std::sync::Condvar,
+    reg: &'static Registry,
+}
+
+#[derive(Default)]
+struct BgState {
+    /// Memfds the thread may still make (the main thread's descriptor budget).
+    fill: usize,
+    /// Memfds the thread made and published in the pool, for the main thread to own.
+    made: Vec<OwnedFd>,
+    /// Claims of pooled memfds the thread emptied from the pool: (serial, fd).
+    claimed: Vec<(u64, RawFd)>,
+    /// Set by the main thread to wake an idle thread.
+    kick: bool,
+    /// No thread could be started: the main thread does its work.
+    absent: bool,
+}
+
+impl Background {
+    fn start(reg: &'static Registry) -> std::sync::Arc<Background> {
+        let bg = std::sync::Arc::new(Background { state: Default::default(), wake: std::sync::Condvar::new(), reg });
+        let me = bg.clone();
+        if std::thread::Builder::new().name("shmshim-bg".into()).spawn(move || me.run()).is_err() {
+            bg.lock().absent = true;
+        }
+        bg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BgState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Polls the pool every 100 µs while creators take from it, and sleeps until
+    /// woken while they do not.
+    fn run(&self) {
+        let mut busy = true;
+        loop {
+            {
+                let mut st = self.lock();
+                if busy {
+                    drop(self.wake.wait_timeout(st, Duration::from_micros(100)).unwrap_or_else(|e| e.into_inner()));
+                } else {
+                    while !st.kick {
+                        st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    st.kick = false;
+                }
+            }
+            if !self.reg.intact() {
+                return; // the main thread stops too (see `Server::frozen`)
+            }
+            busy = self.refill();
+        }
+    }
+
+    /// One pass over the pool: taken entries are emptied (their claims handed to
+    /// the main thread) and empty ones filled. True if there was anything to do.
+    fn refill(&self) -> bool {
+        let mut worked = false;
+        for e in self.reg.header().pool.iter() {
+            let fd = e.fd.load(Ordering::Acquire);
+            let taken = e.taken.load(Ordering::Acquire);
+            if fd < 0 && taken != 0 {
+                // Handed over before the entry is emptied (the main thread looks
+                // at the pool before it takes what was handed over).
+                self.lock().claimed.push((taken, -fd));
+                e.taken.store(0, Ordering::Release);
+                e.fd.store(0, Ordering::Release);
+                worked = true;
+            }
+            if e.fd.load(Ordering::Acquire) != 0 || e.taken.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            {
+                let mut st = self.lock();
+                if st.fill == 0 {
+                    continue;
+                }
+                st.fill -= 1;
+            }
+            worked = true;
+            let Ok(fd) = sys::memfd_create(c"SYSV", libc::MFD_CLOEXEC) else { return worked };
+            let Ok(st) = sys::fstat(fd.as_raw_fd()) else { return worked };
+            let n = fd.as_raw_fd();
+            // The entry is reserved (-1 reads as claimed to creators) while its
+            // inode is written, and the descriptor is handed over before it is
+            // published: whoever claims the entry finds the memfd owned by the
+            // server.
+            if e.fd.compare_exchange(0, -1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                self.lock().fill += 1;
+                continue;
+            }
+            self.lock().made.push(fd);
+            e.ino.store(st.st_ino, Ordering::Release);
+            e.fd.store(n, Ordering::Release);
+            self.reg.header().pool_filled.atomic().fetch_add(1, Ordering::AcqRel);
+        }
+        worked
+    }
+}
+
 const TAG_LISTEN: u64 = 1;
 const TAG_WATCH: u64 = 1 << 41;
 const TAG_INOTIFY: u64 = 3;
@@ -113,6 +221,7 @@ struct Server {
     /// Entries found unwatched at the last sweep.
     unwatched: Vec<(usize, u32)>,
     fd_limit: usize,
+    bg: std::sync::Arc<Background>,
 }
 
 fn fail(msg: String) -> i32 {
@@ -157,6 +266,7 @@ pub fn serve(opts: Options) -> i32 {
         // descriptors through /proc/SERVER/fd.
         sys::set_dumpable(false);
     }
+    sys::park_on_sigbus();
     match Server::start(reg, &opts) {
         Ok(mut s) => {
             let code = s.run();
@@ -210,8 +320,10 @@ impl Server {
         if let Some(i) = &inotify {
             sys::epoll_add(own_ep.as_raw_fd(), i.as_raw_fd(), libc::EPOLLIN as u32, TAG_INOTIFY)?;
         }
+        let reg: &'static Registry = Box::leak(Box::new(reg));
         let mut s = Server {
-            reg: Box::leak(Box::new(reg)),
+            reg,
+            bg: Background::start(reg),
             dir: opts.dir.clone(),
             shared: opts.shared,
             auto: opts.auto,
@@ -322,6 +434,7 @@ impl Server {
             }
         }
         self.seen_epoch = g.hdr().destroy_epoch.atomic().load(Ordering::Acquire);
+        g.hdr().released_epoch.set(self.seen_epoch);
         drop(g);
         self.refill_pool();
     }
@@ -345,6 +458,10 @@ impl Server {
             let n = sys::epoll_wait(self.own_ep.as_raw_fd(), &mut events, timeout).unwrap_or(0);
             if n > 0 {
                 last_change = Instant::now();
+            }
+            if !self.reg.intact() {
+                // Truncated or overwritten: leave it as it is.
+                return self.frozen();
             }
             let tags: Vec<u64> = events[..n].iter().map(|e| e.u64).collect();
             for tag in tags {
@@ -377,7 +494,9 @@ impl Server {
             }
             let mut g = self.reg.lock();
             self.sweep_full(&mut g);
-            let empty = g.hdr().in_use.get() == 0 && self.made.is_empty();
+            // Empty, and quiet: a creator removing what it creates (in_use is
+            // mostly 0 then) keeps its server.
+            let empty = g.hdr().in_use.get() == 0 && self.made.is_empty() && last_change.elapsed() >= LINGER;
             if !self.auto || !empty {
                 empty_since = None;
             } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
@@ -401,6 +520,20 @@ impl Server {
         use std::os::unix::fs::MetadataExt;
         let ino = |p: PathBuf| std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
         ino(self.dir.join("registry")) == self.reg_ino && ino(crate::client::sock_path(&self.dir)) == self.sock_ino
+    }
+
+    /// The registry was truncated or overwritten: nothing more is written to it
+    /// (clients refuse it, naming the problem).
+    fn frozen(&mut self) -> i32 {
+        // Exiting would make the kernel mark our liveness mutex in the file
+        // (robust futex "owner died"): stay, touching nothing, until the
+        // directory goes.
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if !self.dir.join("registry").exists() || !self.dir.exists() {
+                return 1;
+            }
+        }
     }
 
     /// The namespace directory was removed: its memory goes with us.
@@ -555,7 +688,7 @@ impl Server {
             }
             proto::SYNC => {
                 self.apply_deaths();
-                self.sweep_changes();
+                self.sweep_changes_now(true);
                 Some((Msg::reply(m.op, 0), Vec::new()))
             }
             proto::CHECK => {
@@ -759,12 +892,20 @@ impl Server {
     }
 
     /// GET: a segment's descriptor for a participant that cannot open ours.
-    fn get(&self, slot: usize, serial: u64, rdonly: bool, cred: libc::ucred) -> SysResult<OwnedFd> {
+    fn get(&mut self, slot: usize, serial: u64, rdonly: bool, cred: libc::ucred) -> SysResult<OwnedFd> {
+        // The memfd may be one the background thread made and we do not own yet.
+        self.take_made();
         let mut creds = Creds::of_peer(cred.pid, cred.uid, cred.gid)?;
         let _g = self.reg.lock();
         let fd = self.held(slot, serial).ok_or(Errno(libc::EIDRM))?;
         if !creds.ipcperms(self.reg.slot(slot), if rdonly { 0o444 } else { 0o666 }) {
             return Err(Errno(libc::EACCES)); // S67
+        }
+        // A pooled memfd is sized by its first mapping: size it before handing
+        // out a descriptor that may not be able to.
+        let s = self.reg.slot(slot);
+        if let (Ok(st), false) = (sys::fstat(fd), s.flags.get() & crate::registry::F_HUGETLB != 0) {
+            crate::process::sized(fd, &st, s.segsz.get());
         }
         self.hand_out(fd, !rdonly)
     }
@@ -870,8 +1011,16 @@ impl Server {
     /// segments destroyed since the last look (from the header's ring), refill the
     /// pool. O(pool + changes). True if anything changed.
     fn sweep_changes(&mut self) -> bool {
+        self.sweep_changes_now(false)
+    }
+
+    /// Follows claims of pooled memfds and destructions; `now`: the memory of
+    /// destroyed segments is released before this returns.
+    fn sweep_changes_now(&mut self, now: bool) -> bool {
+        self.take_made();
         let h = self.reg.header();
         let mut changed = false;
+        let mut freed = Vec::new();
         for e in h.pool.iter() {
             let fd = e.fd.load(Ordering::Acquire);
             let taken = e.taken.load(Ordering::Acquire);
@@ -881,6 +1030,10 @@ impl Server {
                 e.fd.store(0, Ordering::Release);
                 changed = true;
             }
+        }
+        for (serial, fd) in std::mem::take(&mut self.bg.lock().claimed) {
+            self.by_serial.insert(serial, fd);
+            changed = true;
         }
         let epoch = h.destroy_epoch.atomic().load(Ordering::Acquire);
         if epoch != self.seen_epoch {
@@ -892,12 +1045,15 @@ impl Server {
                 for e in self.seen_epoch..epoch {
                     let serial = h.destroyed[e as usize % crate::registry::DESTROYED_RING].atomic().load(Ordering::Acquire);
                     if let Some(fd) = self.by_serial.remove(&serial) {
-                        self.fds.remove(&fd);
+                        freed.extend(self.fds.remove(&fd));
                         self.made.remove(&fd);
                     }
                 }
                 self.seen_epoch = epoch;
             }
+        }
+        if changed || now {
+            self.release(freed);
         }
         if h.refill_asked.get() != 0 || changed {
             self.refill_pool();
@@ -913,21 +1069,56 @@ impl Server {
         }
         let h = self.reg.header();
         h.refill_asked.set(0);
-        for e in h.pool.iter() {
-            if e.fd.load(Ordering::Acquire) != 0 || e.taken.load(Ordering::Acquire) != 0 {
-                continue;
-            }
-            let Ok((fd, ino)) = self.new_memfd(0, 0) else { break };
-            let n = fd.as_raw_fd();
-            self.fds.insert(n, fd);
-            e.ino.store(ino, Ordering::Release);
-            e.fd.store(n, Ordering::Release);
+        self.take_made();
+        // The descriptors left after those kept for connections and replies,
+        // less a pool's worth the thread may have made since it was counted.
+        let want = self.fd_limit.saturating_sub(self.fds.len() + self.made.len() + self.conns.len() + FD_RESERVE + crate::registry::POOL_SIZE);
+        if want == 0 {
+            return;
         }
+        let mut st = self.bg.lock();
+        if st.absent {
+            // No background thread: make them here.
+            drop(st);
+            for e in h.pool.iter() {
+                if e.fd.load(Ordering::Acquire) != 0 || e.taken.load(Ordering::Acquire) != 0 {
+                    continue;
+                }
+                let Ok((fd, ino)) = self.new_memfd(0, 0) else { break };
+                let n = fd.as_raw_fd();
+                self.fds.insert(n, fd);
+                e.ino.store(ino, Ordering::Release);
+                e.fd.store(n, Ordering::Release);
+                h.pool_filled.atomic().fetch_add(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        st.fill = want;
+        st.kick = true;
+        drop(st);
+        self.bg.wake.notify_one();
+    }
+
+    /// Takes ownership of the memfds the background thread made.
+    fn take_made(&mut self) {
+        let made = std::mem::take(&mut self.bg.lock().made);
+        for fd in made {
+            self.fds.insert(fd.as_raw_fd(), fd);
+        }
+    }
+
+    /// Closes descriptors of destroyed segments (the main thread does it: the
+    /// background thread's CPU time goes to the pool) and records how far the
+    /// memory of destroyed segments is released.
+    fn release(&mut self, fds: Vec<OwnedFd>) {
+        drop(fds);
+        self.reg.header().released_epoch.atomic().fetch_max(self.seen_epoch, Ordering::AcqRel);
     }
 
     /// Under the lock, once a second: rebuild the bookkeeping from the registry,
     /// closing whatever no slot, pool entry or pending creation names.
     fn sweep_full(&mut self, g: &mut crate::registry::RegGuard) {
+        self.take_made();
         self.reap_unwatched(g);
         let h = g.hdr();
         let mut named = std::collections::HashSet::new();
@@ -966,12 +1157,16 @@ impl Server {
             named.insert(*fd);
         }
         self.fds.retain(|fd, _| named.contains(fd));
+        let avail = h.pool.iter().filter(|e| e.fd.load(Ordering::Acquire) > 0).count() as u64;
+        h.pool_filled.set(h.pool_taken.get() + avail);
         self.seen_epoch = h.destroy_epoch.atomic().load(Ordering::Acquire);
+        self.release(Vec::new());
     }
 
     /// `shmshim check`: the registry's invariants, and that the memory of every
     /// segment is held (no id whose memory is gone).
     fn check(&mut self) -> Result<(), String> {
+        self.take_made();
         let g = self.reg.lock();
         g.check_invariants()?;
         for i in 0..g.slot_hwm() {

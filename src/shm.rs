@@ -321,6 +321,9 @@ pub struct SegInfo {
     pub noreserve: bool,
     /// The server's descriptor number for this incarnation, if published.
     pub server_fd: Option<i32>,
+    /// The size the memfd must have (a pooled one is created empty and sized by
+    /// its first mapping); 0 for one sized at creation (huge pages).
+    pub file_len: u64,
 }
 
 /// do_shmat's lookup, permission check and temporary hold on nattch (the kernel's
@@ -341,6 +344,7 @@ pub fn shmat_hold(g: &mut RegGuard, creds: &mut Creds, me: usize, id: i32, acc: 
         segsz: s.segsz.get() as usize,
         noreserve: s.flags.get() & F_NORESERVE != 0,
         server_fd: s.server_fd_of(gen, s.serial.get()),
+        file_len: if s.flags.get() & F_HUGETLB != 0 { 0 } else { s.segsz.get() },
     })
 }
 
@@ -600,15 +604,16 @@ impl Drop for PoolClaim<'_> {
     }
 }
 
-/// Claims a memfd from the server's pool and opens it through /proc/SERVER/fd
-/// (possible for the server's uid), checked by inode. Lock-free with respect to
-/// the server (see `registry::PoolEntry`).
-fn take_pooled(reg: &Registry, spid: i32) -> Option<(OwnedFd, u64, PoolClaim<'_>)> {
+/// Claims a memfd from the server's pool: (inode, claim). Lock-free with respect
+/// to the server (see `registry::PoolEntry`). The creator takes no descriptor:
+/// a pooled memfd is empty, and its first mapping gives it the segment's size
+/// (`cached_fd`), so creating and removing a segment costs no system call.
+fn take_pooled(reg: &Registry) -> Option<(u64, PoolClaim<'_>)> {
     let hdr = reg.header();
-    if spid <= 0 {
-        return None;
-    }
-    for e in hdr.pool.iter() {
+    // Creators take entries in turn: start where the last one left off.
+    let start = hdr.pool_taken.get() as usize;
+    for i in 0..registry::POOL_SIZE {
+        let e = &hdr.pool[(start + i) % registry::POOL_SIZE];
         let fd = e.fd.load(Ordering::Acquire);
         if fd <= 0 || e.taken.load(Ordering::Acquire) != 0 {
             continue;
@@ -616,17 +621,8 @@ fn take_pooled(reg: &Registry, spid: i32) -> Option<(OwnedFd, u64, PoolClaim<'_>
         if e.fd.compare_exchange(fd, -fd, Ordering::AcqRel, Ordering::Acquire).is_err() {
             continue;
         }
-        let claim = PoolClaim { entry: e, fd, done: false };
         let ino = e.ino.load(Ordering::Acquire);
-        match sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/{spid}/fd/{fd}"))), libc::O_RDWR, 0) {
-            Ok(f) if sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == ino).unwrap_or(false) => return Some((f, ino, claim)),
-            Ok(_) | Err(Errno(libc::ENOENT)) => {
-                // Not that memfd any more (a server restarted): leave the entry
-                // claimed; the server's next sweep sorts it out.
-                std::mem::forget(claim);
-            }
-            Err(_) => return None, // another uid's server, or /proc is closed
-        }
+        return Some((ino, PoolClaim { entry: e, fd, done: false }));
     }
     None
 }
@@ -668,9 +664,21 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
         }
     }
     let _quiet = sys::block_signals();
-    let mut local = LOCAL.lock();
-    client::ensure_conn(&mut local, ns).map_err(client::unavailable)?;
-    create_local(&mut local, ns, &mut creds, &p)
+    let create = |creds: &mut Creds| {
+        let mut local = LOCAL.lock();
+        client::ensure_conn(&mut local, ns).map_err(client::unavailable)?;
+        creds.set_pid(local.pid); // ensure_conn checked it is ours
+        create_local(&mut local, ns, creds, &p)
+    };
+    match create(&mut creds) {
+        Err(Errno(libc::ENOMEM | libc::ENOSPC)) => {
+            // Deaths the server has not applied yet may free ids and pages: apply
+            // them (and let their memory go), then try once more (S37, S38).
+            client::learn_deaths(ns);
+            create(&mut creds)
+        }
+        r => r,
+    }
 }
 
 /// Creation in a private namespace: a pooled memfd (no message), else one the
@@ -678,6 +686,7 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
 fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetParams) -> SysResult<i32> {
     let mut made: Option<(OwnedFd, i32, u64)> = None;
     let mut synced = false;
+    let mut waited = 0;
     loop {
         let mut g = ns.reg.lock();
         local.sweep_fds(&g);
@@ -693,7 +702,7 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
                 // server closes their memfds: let it, then look again (S46).
                 drop(g);
                 synced = true;
-                let _ = client::request(local, ns, &Msg::new(proto::SYNC), &[]);
+                client::release_destroyed(local, ns);
                 continue;
             }
             r => r?,
@@ -706,28 +715,53 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             let mut named = Msg::new(proto::NAMED);
             (named.a, named.b, named.c) = (server_fd as u32 as u64, serial, idx as u64);
             client::notify(&named);
-            local.cache_fd(idx, serial, ino, fd);
+            let _ = local.cache_fd(idx, serial, ino, fd);
             return Ok(id);
         }
         let gen_ok = local.conn.as_ref().map(|c| c.server_gen) == Some(g.hdr().server_gen.get());
-        let spid = local.conn.as_ref().map(|c| c.server_pid).unwrap_or(0);
-        if !plan.hugetlb && gen_ok {
-            if let Some((fd, ino, claim)) = take_pooled(g.reg, spid) {
-                sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
+        let pooled = if plan.hugetlb || !gen_ok { None } else { take_pooled(g.reg) };
+        {
+            if let Some((ino, claim)) = pooled {
                 let h = g.hdr();
-                let (id, idx, serial) = newseg_publish(&mut g, creds, p, &plan, ino, Holder::Pool(claim))?;
-                // Half the pool gone: wake the server to refill (once, no waiting).
-                let left = h.pool.iter().filter(|e| e.fd.load(Ordering::Relaxed) > 0).count();
-                if left < registry::POOL_SIZE / 2 && h.refill_asked.atomic().swap(1, Ordering::AcqRel) == 0 {
+                let (id, _, _) = newseg_publish(&mut g, creds, p, &plan, ino, Holder::Pool(claim))?;
+                // A quarter of the pool gone: wake the server to refill (once, no waiting).
+                let left = h.pool_filled.get().saturating_sub(h.pool_taken.get());
+                if left < (registry::POOL_SIZE * 3 / 4) as u64 && h.refill_asked.atomic().swap(1, Ordering::AcqRel) == 0 {
                     client::notify(&Msg::new(proto::REFILL));
                 }
-                local.cache_fd(idx, serial, ino, fd);
                 return Ok(id);
             }
         }
         drop(g);
+        if !plan.hugetlb && gen_ok && waited < POOL_WAIT_ROUNDS && pool_refilling(ns) {
+            // The server is refilling the pool on another CPU: a memfd appears
+            // within microseconds, sooner than a MAKE round trip would bring one.
+            waited += 1;
+            continue;
+        }
         made = Some(client::make_memfd(local, ns, plan.mfd_flags, plan.file_len).map_err(client::unavailable)?);
     }
+}
+
+/// Rounds of `pool_refilling` a creator waits before it asks for a memfd.
+const POOL_WAIT_ROUNDS: u32 = 4;
+
+/// Waits up to 50 µs for the server to put a memfd in the pool, yielding the CPU
+/// to it meanwhile; true if it did.
+fn pool_refilling(ns: &Namespace) -> bool {
+    let h = ns.reg.header();
+    let before = h.pool_filled.get();
+    if h.refill_asked.atomic().swap(1, Ordering::AcqRel) == 0 {
+        client::notify(&Msg::new(proto::REFILL));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_micros(50);
+    while std::time::Instant::now() < deadline {
+        if h.pool_filled.get() != before {
+            return true;
+        }
+        sys::yield_cpu();
+    }
+    false
 }
 
 // ----------------------------------------------------------------- shmat
@@ -816,6 +850,7 @@ fn shmat_remote(local: &mut Local, ns: &Namespace, id: i32, addr: usize, fixed: 
         segsz: (r.e & !(1 << 63)) as usize,
         noreserve: r.e >> 63 != 0,
         server_fd: None,
+        file_len: 0,
     };
     let fd = fds.pop();
     let res = match &fd {
@@ -873,16 +908,11 @@ fn map_segment(fd: i32, info: &SegInfo, addr: usize, fixed: bool, flg: i32, prot
 /// read-only descriptor from the server is used once (returned as owned), never
 /// cached as if it could map for writing.
 fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -> SysResult<(i32, Option<OwnedFd>)> {
-    if let Some(fd) = local.cached_fd(info.serial, info.ino, rdonly) {
+    if let Some(fd) = local.cached_fd(info.serial, info.ino, info.file_len, rdonly) {
         return Ok((fd, None));
     }
-    let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == info.ino).unwrap_or(false);
-    let spid = local.conn.as_ref().map(|c| c.server_pid).unwrap_or(0);
-    let from_proc = info
-        .server_fd
-        .filter(|_| spid > 0)
-        .and_then(|n| sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/{spid}/fd/{n}"))), libc::O_RDWR, 0).ok())
-        .filter(is_seg);
+    let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == info.ino && process::sized(f.as_raw_fd(), &st, info.file_len)).unwrap_or(false);
+    let from_proc = info.server_fd.and_then(|n| local.conn.as_ref()?.server_fd(n)).filter(is_seg);
     let fd = match from_proc {
         Some(fd) => fd,
         None => {
@@ -896,8 +926,15 @@ fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -
             fd
         }
     };
-    local.cache_fd(info.slot, info.serial, info.ino, fd);
-    local.cached_fd(info.serial, info.ino, rdonly).map(|fd| (fd, None)).ok_or(Errno(libc::ENOMEM))
+    if let Some(fd) = local.cache_fd(info.slot, info.serial, info.ino, fd) {
+        // No room to keep it: this attach uses it once.
+        if rdonly {
+            let ro = process::reopen(fd.as_raw_fd(), libc::O_RDONLY | libc::O_CLOEXEC)?;
+            return Ok((ro.as_raw_fd(), Some(ro)));
+        }
+        return Ok((fd.as_raw_fd(), Some(fd)));
+    }
+    local.cached_fd(info.serial, info.ino, info.file_len, rdonly).map(|fd| (fd, None)).ok_or(Errno(libc::ENOMEM))
 }
 
 // ----------------------------------------------------------------- shmdt / munmap
@@ -940,6 +977,12 @@ pub fn shmdt(addr: usize) -> SysResult<()> {
     }
     local.publish_count();
     book_local(&mut local, ns, vec![(slot, serial, 0, removed)]);
+    // A removed segment's descriptor is not kept once we no longer map it: its
+    // memory goes with its last detach, not with our next call.
+    let s = ns.reg.slot(slot);
+    if s.mode.get() & SHM_DEST != 0 && s.serial.get() == serial && !local.attaches.iter().any(|a| a.serial == serial) {
+        local.fds.remove(&serial);
+    }
     Ok(())
 }
 
@@ -1088,23 +1131,10 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         sys::copy_from_user(&mut setbuf, buf)?;
     }
     let ns = process::namespace()?;
-    if matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY) && ns.reg.server_alive() {
-        // Fast path: a snapshot without the lock. Only the deaths of other
-        // attachers can change what this reports; with none, nothing pending
-        // matters and no system call is needed.
-        let me = process::my_entry();
-        let r = ns.reg.read(|r| {
-            let slot = if cmd == IPC_STAT { r.slot_of_id(id) } else { Some(id_idx(id)).filter(|&i| r.slot(i).is_used()) };
-            let mine = match (slot, me) {
-                (Some(s), Some(me)) => r.rec_count(me, s) as u64,
-                _ => 0,
-            };
-            match slot {
-                Some(s) if r.slot(s).nattch.get() > mine => None,
-                _ => Some(shmctl_stat(r, &mut Creds::current(), id, cmd)),
-            }
-        });
-        if let Ok(Some(r)) = r {
+    if matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY) && client::synced(ns) {
+        // Fast path: a snapshot without the lock and without a system call
+        // (deaths are applied as `client::synced` describes).
+        if let Ok(r) = ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)) {
             let (ret, out) = r?;
             if let Some((bytes, len)) = out {
                 sys::copy_to_user(buf, &bytes[..len])?;

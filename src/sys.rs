@@ -277,15 +277,14 @@ pub fn dup(fd: RawFd) -> SysResult<OwnedFd> {
     dup_at_least(fd, 0)
 }
 
+/// fstat(2) by its own system call (libc's goes through the slower
+/// newfstatat(fd, "", AT_EMPTY_PATH)).
 pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: st is a properly sized, writable stat buffer.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(Errno::last());
-        }
-        Ok(st)
-    }
+    check(unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) })?;
+    Ok(st)
 }
 
 pub fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> SysResult<()> {
@@ -385,6 +384,14 @@ pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
 pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
     // SAFETY: plain syscall; the descriptor is ours.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    owned(if r < 0 { -1 } else { r as i32 })
+}
+
+/// A close-on-exec duplicate of descriptor `fd` of the process `pidfd` names
+/// (pidfd_getfd(2): needs ptrace access to it, as /proc/PID/fd does).
+pub fn pidfd_getfd(pidfd: RawFd, fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: plain syscall; the new descriptor is ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
     owned(if r < 0 { -1 } else { r as i32 })
 }
 
@@ -626,6 +633,70 @@ fn thread_stack() -> (usize, usize) {
             return (usize::MAX, usize::MAX);
         }
         (base as usize, base as usize + size)
+    }
+}
+
+/// A word of private memory that the kernel zeroes in every fork child
+/// (MADV_WIPEONFORK): once `arm`ed, `armed` tells the process that armed it from
+/// a child made by any kind of fork, without a system call. A thread or a
+/// `CLONE_VM` child shares the word, as it shares the rest of memory.
+pub struct ForkToken(std::sync::atomic::AtomicUsize);
+
+impl ForkToken {
+    pub const fn new() -> ForkToken {
+        ForkToken(std::sync::atomic::AtomicUsize::new(0))
+    }
+
+    fn word(&self) -> Option<&std::sync::atomic::AtomicU32> {
+        use std::sync::atomic::Ordering;
+        let mut p = self.0.load(Ordering::Acquire);
+        if p == 0 {
+            // SAFETY: a new private anonymous page; nothing else refers to it.
+            let page = unsafe { mmap(0, 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) }.ok()?;
+            let mine = if madvise(page, 4096, libc::MADV_WIPEONFORK) {
+                page
+            } else {
+                // SAFETY: our own page, never published (kernel < 4.14 refuses the advice).
+                let _ = unsafe { munmap(page, 4096) };
+                usize::MAX
+            };
+            p = match self.0.compare_exchange(0, mine, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => mine,
+                Err(other) => {
+                    if mine != usize::MAX {
+                        // SAFETY: our own page, never published: another thread won.
+                        let _ = unsafe { munmap(page, 4096) };
+                    }
+                    other
+                }
+            };
+        }
+        if p == usize::MAX {
+            return None;
+        }
+        // SAFETY: p is a page of this process's private memory that stays mapped for
+        // the process's life; only this process writes it (the kernel zeroes it in
+        // a fork child's copy), so a shared reference to an atomic in it is sound.
+        Some(unsafe { &*(p as *const std::sync::atomic::AtomicU32) })
+    }
+
+    /// Marks the calling process.
+    pub fn arm(&self) {
+        if let Some(w) = self.word() {
+            w.store(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// True only in the process that armed it (false where the kernel lacks
+    /// MADV_WIPEONFORK: callers then compare pids).
+    pub fn armed(&self) -> bool {
+        self.word().map(|w| w.load(std::sync::atomic::Ordering::Acquire) == 1).unwrap_or(false)
+    }
+}
+
+impl Default for ForkToken {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -927,18 +998,58 @@ pub fn daemonize(keep: &[RawFd]) {
     }
 }
 
+extern "C" fn park_forever(_: libc::c_int) {
+    loop {
+        // SAFETY: pause is async-signal-safe and takes no arguments.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Makes SIGBUS (a mapped file truncated under us) park the faulting thread for
+/// good instead of killing the process: the server's exit would make the kernel
+/// write "owner died" into its liveness mutex, inside a registry it must leave
+/// untouched once it is not what it was.
+pub fn park_on_sigbus() {
+    // SAFETY: an all-zero sigaction is valid; the handler only calls pause().
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = park_forever as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+/// sched_yield(2).
+pub fn yield_cpu() {
+    // SAFETY: no arguments.
+    unsafe { libc::sched_yield() };
+}
+
 /// PR_SET_DUMPABLE: a non-dumpable process's /proc/PID/fd is closed to its own uid.
 pub fn set_dumpable(on: bool) {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) };
 }
 
+/// Whether a signal handler may be installed in this process. The preload
+/// library sets it when the program installs one through libc (its `sigaction`
+/// and `signal` hooks), or at once when those calls do not reach its hooks (it
+/// was not preloaded); it is never cleared. A process started by exec has none.
+pub static HANDLERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Blocks every signal on this thread until dropped: a handler cannot run in the
 /// middle of shim code that allocates (it would deadlock on the allocator's lock
-/// if it made a SysV call itself); pending signals arrive when the guard goes.
-pub struct SigBlock(libc::sigset_t);
+/// if it made a SysV call itself) or holds a lock (a handler that longjmps out
+/// would leave it held); pending signals arrive when the guard goes. Without a
+/// handler (`HANDLERS`) no signal can run code here, and nothing is blocked. (A
+/// stop signal with its default action stops the process either way, as SIGSTOP
+/// always could.)
+pub struct SigBlock(Option<libc::sigset_t>);
 
 pub fn block_signals() -> SigBlock {
+    if !HANDLERS.load(std::sync::atomic::Ordering::Acquire) {
+        return SigBlock(None);
+    }
     // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask write only into
     // the sets we pass.
     unsafe {
@@ -946,13 +1057,15 @@ pub fn block_signals() -> SigBlock {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        SigBlock(old)
+        SigBlock(Some(old))
     }
 }
 
 impl Drop for SigBlock {
     fn drop(&mut self) {
-        // SAFETY: restores the mask saved by block_signals.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        if let Some(old) = &self.0 {
+            // SAFETY: restores the mask saved by block_signals.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+        }
     }
 }

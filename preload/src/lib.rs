@@ -26,6 +26,14 @@
 #[ctor::ctor]
 fn snapshot() {
     let _ = shmshim_core::config::get();
+    // Signal blocking is skipped only while the hooks below see every handler
+    // the program installs: not so if this library was loaded after the program
+    // bound `sigaction` elsewhere (dlopen rather than LD_PRELOAD).
+    // SAFETY: dlsym with a NUL-terminated name; the result is only compared.
+    let bound = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"sigaction".as_ptr()) } as usize;
+    if bound != sigaction as *const () as usize {
+        sys::HANDLERS.store(true, Ordering::Release);
+    }
 }
 
 use libc::{c_char, c_int, c_long, c_uint, c_void, pid_t, size_t};
@@ -291,6 +299,163 @@ pub extern "C" fn _Fork() -> pid_t {
             -1
         }
     }
+}
+
+// ------------------------------------------------------------ signal handlers
+
+/// Notes a disposition that is a handler (not SIG_DFL, SIG_IGN, SIG_HOLD or
+/// SIG_ERR): from then on shim code blocks signals (see `sys::block_signals`).
+fn note_disposition(h: usize) {
+    if h > 2 && h != usize::MAX {
+        sys::HANDLERS.store(true, Ordering::Release);
+    }
+}
+
+type SignalFn = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+
+#[no_mangle]
+pub extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    if !act.is_null() {
+        // sa_handler and sa_sigaction share the first word of the structure.
+        let mut h = [0u8; std::mem::size_of::<usize>()];
+        match sys::copy_from_user(&mut h, act as usize) {
+            Ok(()) => note_disposition(usize::from_ne_bytes(h)),
+            Err(_) => sys::HANDLERS.store(true, Ordering::Release),
+        }
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"sigaction", unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int)
+        .map_or_else(|| enosys(-1), |f| unsafe { f(sig, act, old) })
+}
+
+macro_rules! signal_hook {
+    ($name:ident, $cname:literal) => {
+        #[no_mangle]
+        pub extern "C" fn $name(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+            note_disposition(handler);
+            // SAFETY: forwarding the caller's arguments to libc.
+            next_fn!($cname, SignalFn).map_or_else(|| enosys(libc::SIG_ERR), |f| unsafe { f(sig, handler) })
+        }
+    };
+}
+
+signal_hook!(signal, c"signal");
+signal_hook!(sigset, c"sigset");
+signal_hook!(bsd_signal, c"bsd_signal");
+signal_hook!(sysv_signal, c"sysv_signal");
+signal_hook!(__sysv_signal, c"__sysv_signal");
+
+// ------------------------------------------------------------ wait
+
+/// After the program reaped (or was told of) a child's end: the deaths the
+/// kernel reported are applied and their memory released before the wait
+/// returns, so the waiter (and whatever it starts or tells next) sees the child's
+/// detaches, as after exit_shm (S120).
+fn reaped() {
+    if Reentry::active() || !emulating() {
+        return;
+    }
+    let Some(ns) = process::namespace_if_open() else { return };
+    let saved = sys::errno();
+    let _r = Reentry::enter();
+    let _ = std::panic::catch_unwind(|| client::learn_deaths(ns));
+    sys::set_errno(saved);
+}
+
+/// Whether a wait status reports an end (not a stop or a continue).
+fn ended(status: *const c_int) -> bool {
+    if status.is_null() {
+        return true;
+    }
+    let mut st = [0u8; 4];
+    if sys::copy_from_user(&mut st, status as usize).is_err() {
+        return true;
+    }
+    let st = c_int::from_ne_bytes(st);
+    libc::WIFEXITED(st) || libc::WIFSIGNALED(st)
+}
+
+#[no_mangle]
+pub extern "C" fn wait(status: *mut c_int) -> pid_t {
+    // SAFETY: forwarding the caller's argument to libc.
+    let r = next_fn!(c"wait", unsafe extern "C" fn(*mut c_int) -> pid_t).map_or_else(|| enosys(-1), |f| unsafe { f(status) });
+    if r > 0 && ended(status) {
+        reaped();
+    }
+    r
+}
+
+#[no_mangle]
+pub extern "C" fn waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t {
+    // SAFETY: forwarding the caller's arguments to libc.
+    let r = next_fn!(c"waitpid", unsafe extern "C" fn(pid_t, *mut c_int, c_int) -> pid_t).map_or_else(|| enosys(-1), |f| unsafe { f(pid, status, options) });
+    if r > 0 && ended(status) {
+        reaped();
+    }
+    r
+}
+
+#[no_mangle]
+pub extern "C" fn wait3(status: *mut c_int, options: c_int, usage: *mut libc::rusage) -> pid_t {
+    // SAFETY: forwarding the caller's arguments to libc.
+    let r = next_fn!(c"wait3", unsafe extern "C" fn(*mut c_int, c_int, *mut libc::rusage) -> pid_t)
+        .map_or_else(|| enosys(-1), |f| unsafe { f(status, options, usage) });
+    if r > 0 && ended(status) {
+        reaped();
+    }
+    r
+}
+
+#[no_mangle]
+pub extern "C" fn wait4(pid: pid_t, status: *mut c_int, options: c_int, usage: *mut libc::rusage) -> pid_t {
+    // SAFETY: forwarding the caller's arguments to libc.
+    let r = next_fn!(c"wait4", unsafe extern "C" fn(pid_t, *mut c_int, c_int, *mut libc::rusage) -> pid_t)
+        .map_or_else(|| enosys(-1), |f| unsafe { f(pid, status, options, usage) });
+    if r > 0 && ended(status) {
+        reaped();
+    }
+    r
+}
+
+/// waitid: si_code tells an end (CLD_EXITED, CLD_KILLED, CLD_DUMPED) from a stop,
+/// also under WNOWAIT (the child is dead even if not reaped yet).
+#[no_mangle]
+pub extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *mut libc::siginfo_t, options: c_int) -> c_int {
+    // SAFETY: forwarding the caller's arguments to libc.
+    let r = next_fn!(c"waitid", unsafe extern "C" fn(libc::idtype_t, libc::id_t, *mut libc::siginfo_t, c_int) -> c_int)
+        .map_or_else(|| enosys(-1), |f| unsafe { f(idtype, id, info, options) });
+    if r == 0 {
+        let mut si = [0u8; 12];
+        let code = if info.is_null() || sys::copy_from_user(&mut si, info as usize).is_err() {
+            libc::CLD_EXITED
+        } else {
+            i32::from_ne_bytes([si[8], si[9], si[10], si[11]])
+        };
+        if matches!(code, libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED) {
+            reaped();
+        }
+    }
+    r
+}
+
+/// system(3) waits inside libc, out of the wait hooks' reach.
+#[no_mangle]
+pub extern "C" fn system(cmd: *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's argument to libc.
+    let r = next_fn!(c"system", unsafe extern "C" fn(*const c_char) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(cmd) });
+    if !cmd.is_null() {
+        reaped();
+    }
+    r
+}
+
+/// pclose(3) waits inside libc too.
+#[no_mangle]
+pub extern "C" fn pclose(fp: *mut libc::FILE) -> c_int {
+    // SAFETY: forwarding the caller's argument to libc.
+    let r = next_fn!(c"pclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(fp) });
+    reaped();
+    r
 }
 
 // ------------------------------------------------------------ syscall(2)
