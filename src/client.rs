@@ -278,6 +278,45 @@ pub fn learn_deaths(ns: &Namespace) {
     release_destroyed(&mut local, ns);
 }
 
+/// Before an exec: the exec drops every attach of this process (S121) at its
+/// point of no return, where no hook runs, and the new image may tell others it
+/// runs before the server has seen our connection close. So this process's
+/// registration is ended now: its attaches detached (a private namespace's
+/// participant does it under the lock; a shared one's asks its server). If the
+/// exec fails, the next call registers anew and counts the attaches again.
+pub fn before_exec(ns: &Namespace) {
+    if crate::fsmutex::holding_any() {
+        return;
+    }
+    let _quiet = sys::block_signals();
+    let mut local = LOCAL.lock();
+    let Some(me) = local.me else { return };
+    // A vfork child shares our memory (and `local`) but is not us.
+    if local.conn.is_none() || sys::getpid() != local.pid {
+        return;
+    }
+    if ns.reg.writable {
+        crate::shm::apply_death(&mut ns.reg.lock(), me.0, me.1);
+    } else if let Some(c) = local.conn.take() {
+        // Closing our end is the death the server applies; wait for it to have
+        // (on a connection of its own: ours would register us again).
+        drop_conn(c, false);
+        local.me = None;
+        process::set_my_entry(None);
+        if let Ok(sock) = connect(ns) {
+            sys::set_passcred(sock.as_raw_fd());
+            let _ = roundtrip(sock.as_raw_fd(), &Msg::new(proto::SYNC), &[]);
+        }
+    }
+}
+
+/// After an exec that failed: register again now, so our attaches count.
+pub fn after_failed_exec(ns: &Namespace) {
+    let _quiet = sys::block_signals();
+    let mut local = LOCAL.lock();
+    let _ = ensure_conn(&mut local, ns);
+}
+
 /// Drops our descriptors of destroyed segments and, if the server still holds
 /// some, waits for it to close them.
 pub fn release_destroyed(local: &mut Local, ns: &Namespace) {

@@ -455,9 +455,9 @@ impl Local {
     /// Caches a descriptor of segment `serial` (a memfd opened read-write; the
     /// read-only reopen is made when first needed). The kernel's shm calls cost
     /// the caller no descriptor: at most FD_CACHE of ours sit below the soft
-    /// RLIMIT_NOFILE (the oldest is dropped for a new one), the rest above it
-    /// where the hard limit leaves room. Returns the descriptor if there was no
-    /// room to keep it (the caller uses it once).
+    /// RLIMIT_NOFILE, the rest above it where the hard limit leaves room.
+    /// Returns the descriptor if there was no room to keep it (the caller uses
+    /// it once).
     pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) -> Option<OwnedFd> {
         self.fds.remove(&serial);
         let below = self.fds.values().filter(|c| !c.above).count();
@@ -466,17 +466,9 @@ impl Local {
         } else {
             match above_limit_fd(fd) {
                 Ok(fd) => (fd, true),
-                Err(fd) => {
-                    // No room above: drop the oldest below the limit instead.
-                    let oldest = self.fds.iter().find(|(_, c)| !c.above).map(|(&s, _)| s);
-                    match oldest {
-                        Some(s) => {
-                            self.fds.remove(&s);
-                            (high_fd(fd), false)
-                        }
-                        None => return Some(fd),
-                    }
-                }
+                // No room: the caller uses it once (cheaper than turning the
+                // cache over when a process goes round more segments than it holds).
+                Err(fd) => return Some(fd),
             }
         };
         self.fds.insert(serial, CachedFd { slot, ino, rw: fd.into_raw_fd(), ro: None, above });

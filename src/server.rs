@@ -150,7 +150,11 @@ impl Background {
             // The entry is reserved (-1 reads as claimed to creators) while its
             // inode is written, and the descriptor is handed over before it is
             // published: whoever claims the entry finds the memfd owned by the
-            // server.
+            // server. Nothing is written to a registry that was truncated or
+            // overwritten meanwhile.
+            if !self.reg.intact() {
+                return worked;
+            }
             if e.fd.compare_exchange(0, -1, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 self.lock().fill += 1;
                 continue;

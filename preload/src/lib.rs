@@ -345,6 +345,67 @@ signal_hook!(bsd_signal, c"bsd_signal");
 signal_hook!(sysv_signal, c"sysv_signal");
 signal_hook!(__sysv_signal, c"__sysv_signal");
 
+// ------------------------------------------------------------ exec
+
+/// Runs an exec with this process's registration ended first (see
+/// `client::before_exec`), and restored if the exec fails.
+fn execing(exec: impl FnOnce() -> c_int) -> c_int {
+    let ns = if Reentry::active() || !emulating() { None } else { process::namespace_if_open() };
+    if let Some(ns) = ns {
+        let _r = Reentry::enter();
+        let _ = std::panic::catch_unwind(|| client::before_exec(ns));
+    }
+    let r = exec();
+    if let Some(ns) = ns {
+        let saved = sys::errno();
+        let _r = Reentry::enter();
+        let _ = std::panic::catch_unwind(|| client::after_failed_exec(ns));
+        sys::set_errno(saved);
+    }
+    r
+}
+
+type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+
+#[no_mangle]
+pub extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments to libc.
+    execing(|| next_fn!(c"execve", ExecveFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, argv, envp) }))
+}
+
+#[no_mangle]
+pub extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments to libc.
+    execing(|| next_fn!(c"execv", ExecvFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, argv) }))
+}
+
+#[no_mangle]
+pub extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments to libc.
+    execing(|| next_fn!(c"execvp", ExecvFn).map_or_else(|| enosys(-1), |f| unsafe { f(file, argv) }))
+}
+
+#[no_mangle]
+pub extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments to libc.
+    execing(|| next_fn!(c"execvpe", ExecveFn).map_or_else(|| enosys(-1), |f| unsafe { f(file, argv, envp) }))
+}
+
+#[no_mangle]
+pub extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+    // SAFETY: forwarding the caller's arguments to libc.
+    execing(|| next_fn!(c"fexecve", FexecveFn).map_or_else(|| enosys(-1), |f| unsafe { f(fd, argv, envp) }))
+}
+
+#[no_mangle]
+pub extern "C" fn execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int {
+    type ExecveatFn = unsafe extern "C" fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int;
+    // SAFETY: forwarding the caller's arguments to libc.
+    execing(|| next_fn!(c"execveat", ExecveatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, argv, envp, flags) }))
+}
+
 // ------------------------------------------------------------ wait
 
 /// After the program reaped (or was told of) a child's end: the deaths the
