@@ -11,10 +11,19 @@
 //! per participant, something the kernel closes when the process exits, execs or
 //! is killed (its connection, or a pidfd for a participant adopted after a server
 //! restart), registered for hang-up only, plus the read end of a pipe whose write
-//! end only the server holds. Every participant gets the shared instance at HELLO
-//! and checks it with one `epoll_wait(…, 0)` before it observes the namespace: an
-//! event there is a death not yet applied (applied by the observer itself in a
-//! private namespace, by the server in a shared one), or the server's own death.
+//! end only the server holds. The server applies a death as soon as its own
+//! instance reports it. Every participant gets the shared instance at HELLO and
+//! checks it with one `epoll_wait(…, 0)` where it must not miss a death (after a
+//! wait reports a child's end, at its first call, before reporting a shortage):
+//! an event there is a death not yet applied (applied by the participant itself in
+//! a private namespace, by the server in a shared one), or the server's own death.
+//!
+//! # Threads
+//! The main thread serves everything; a background thread (`Background`) keeps the
+//! pool of empty memfds full. They share the pool entries (atomics, see
+//! `registry::PoolEntry`) and `BgState` (a mutex held for a few memory operations
+//! at a time). Lock order: the registry lock, then `BgState`; the background thread
+//! never takes the registry lock.
 //!
 //! # Lifetime
 //! Started automatically for a private namespace (`--daemon`; it exits 0.3 s after
@@ -31,6 +40,8 @@
 //! - A participant adopted after a server restart is watched by pidfd until it
 //!   registers again: an exec it does before its next SysV call is seen only when
 //!   that process exits.
+//! - Between a death and the moment the server is told, an observer that learnt of
+//!   the death without waiting for the process may read the namespace as it was.
 
 use crate::creds::Creds;
 use crate::proto::{self, Msg};
