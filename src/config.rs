@@ -7,6 +7,7 @@
 //! | `SHMSHIM_SHARED` | `1`: insist on a shared (multi-user) namespace, served by `shmshim serve --shared`; refuse to run without one |
 //! | `SHMSHIM_SHMMAX`, `SHMSHIM_SHMALL`, `SHMSHIM_SHMMNI` | set the namespace's limits (like writing the sysctls) |
 //! | `SHMSHIM_LOG` | `1` or `stderr`: one line per call on stderr; any other value: a file to append to |
+//! | `SHMSHIM_TRACE` | a file to append a machine-readable record of every SysV call to, in either mode (`shmshim compare` reads it) |
 //! | `SHMSHIM_SERVER` | path of the `shmshim` binary that serves private namespaces (started automatically) |
 //! | `SHMSHIM_MODE` | `emulate` (default), `native` (pass every call to the kernel), `auto` (the kernel where its SysV calls work, else emulate) |
 
@@ -30,6 +31,7 @@ pub struct Config {
     pub shmall: Option<u64>,
     pub shmmni: Option<u64>,
     pub log: Option<String>,
+    pub trace: Option<String>,
     pub server_bin: Option<PathBuf>,
 }
 
@@ -95,6 +97,7 @@ impl Config {
             shmall: env_u64("SHMSHIM_SHMALL"),
             shmmni: env_u64("SHMSHIM_SHMMNI"),
             log: env("SHMSHIM_LOG").filter(|v| v != "0"),
+            trace: env("SHMSHIM_TRACE"),
             server_bin: env("SHMSHIM_SERVER").map(PathBuf::from),
         }
     }
@@ -117,6 +120,14 @@ pub fn host_limits() -> crate::registry::Limits {
 }
 
 static EMULATING: OnceCell<bool> = OnceCell::new();
+
+/// Makes this process pass every call to the kernel, whatever SHMSHIM_MODE says:
+/// for the `shmshim` binary itself (the server above all), which the library
+/// reaches when it is preloaded system-wide (`/etc/ld.so.preload`) and must not
+/// serve. Takes effect if called before the first `emulating`.
+pub fn stand_aside() {
+    let _ = EMULATING.set(false);
+}
 
 /// Whether this process emulates SysV shm (decided once). `auto` probes the kernel
 /// with a side-effect-free IPC_INFO by raw syscall: working SysV IPC means native;

@@ -8,6 +8,7 @@
 
 pub mod cell;
 pub mod client;
+pub mod compare;
 pub mod config;
 pub mod creds;
 pub mod frags;
@@ -19,3 +20,4 @@ pub mod registry;
 pub mod server;
 pub mod shm;
 pub mod sys;
+pub mod trace;

@@ -477,7 +477,9 @@ impl Local {
 
     /// Drops cached descriptors of segments destroyed since the last call, so their
     /// memory is freed: O(destructions), from the header's ring, or a full pass when
-    /// more happened than the ring remembers.
+    /// more happened than the ring remembers. Reads atomics only: called without
+    /// the registry lock (closing the last descriptor of a big segment frees its
+    /// pages, which must not hold up other processes).
     pub fn sweep_fds(&mut self, reg: &Registry) {
         let h = reg.header();
         let epoch = h.destroy_epoch.atomic().load(Ordering::Acquire);

@@ -106,14 +106,15 @@ impl Background {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Polls the pool every 100 µs while creators take from it, and sleeps until
-    /// woken while they do not.
+    /// Polls the pool every 100 µs while creators take from it (and 20 ms
+    /// after), and sleeps until woken while they do not.
     fn run(&self) {
-        let mut busy = true;
+        const POLLS: u32 = 200;
+        let mut busy = POLLS;
         loop {
             {
                 let mut st = self.lock();
-                if busy {
+                if busy > 0 {
                     drop(self.wake.wait_timeout(st, Duration::from_micros(100)).unwrap_or_else(|e| e.into_inner()));
                 } else {
                     while !st.kick {
@@ -125,7 +126,7 @@ impl Background {
             if !self.reg.intact() {
                 return; // the main thread stops too (see `Server::frozen`)
             }
-            busy = self.refill();
+            busy = if self.refill() { POLLS } else { busy.saturating_sub(1) };
         }
     }
 

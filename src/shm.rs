@@ -688,8 +688,8 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
     let mut synced = false;
     let mut waited = 0;
     loop {
+        local.sweep_fds(&ns.reg);
         let mut g = ns.reg.lock();
-        local.sweep_fds(&g);
         if p.key != 0 {
             // Look again: the key may have been created while no lock was held.
             if let Some(slot) = g.find_key(p.key) {
@@ -807,11 +807,8 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     if !ns.reg.writable {
         return shmat_remote(&mut local, ns, id, addr, fixed, flg, prot, acc);
     }
-    let info = {
-        let mut g = ns.reg.lock();
-        local.sweep_fds(&g);
-        shmat_hold(&mut g, &mut Creds::current(), me, id, acc)?
-    };
+    local.sweep_fds(&ns.reg);
+    let info = shmat_hold(&mut ns.reg.lock(), &mut Creds::current(), me, id, acc)?;
     let res = segment_fd(&mut local, ns, &info, flg & SHM_RDONLY != 0).and_then(|(fd, _keep)| map_segment(fd, &info, addr, fixed, flg, prot));
     shmat_done(&mut ns.reg.lock(), me, info.slot, info.serial, res.is_ok(), pid);
     let at = res?;
@@ -1001,7 +998,8 @@ fn book_local(local: &mut Local, ns: &Namespace, deltas: Vec<(usize, u64, u32, u
     for (slot, serial, opens, closes) in deltas {
         book(&mut g, me, slot, serial, opens, closes, pid);
     }
-    local.sweep_fds(&g); // a destroyed segment's memory goes now
+    drop(g);
+    local.sweep_fds(&ns.reg); // a destroyed segment's memory goes now
 }
 
 fn vm_remote(local: &mut Local, ns: &Namespace, deltas: Vec<(usize, u64, u32, u32)>) {
@@ -1152,8 +1150,11 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         let mut local = LOCAL.lock();
         let mut g = ns.reg.lock();
         let r = shmctl_locked(&mut g, &mut Creds::current(), id, cmd, &setbuf, &|s| resident_pages(&ns.reg, s, Some(&local)));
+        drop(g);
         if !reads {
-            local.sweep_fds(&g);
+            // Outside the registry lock: closing the last descriptor of a big
+            // segment frees its pages, which takes a while.
+            local.sweep_fds(&ns.reg);
         }
         r?
     } else if reads && cmd != IPC_INFO {

@@ -287,6 +287,23 @@ pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
     Ok(st)
 }
 
+/// write(2) of the whole buffer (retrying short writes and EINTR).
+pub fn write_all(fd: RawFd, buf: &[u8]) -> SysResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: buf[done..] is valid readable memory of the given length.
+        let n = unsafe { libc::write(fd, buf[done..].as_ptr() as *const _, buf.len() - done) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(Errno::last());
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 pub fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> SysResult<()> {
     let mut done = 0;
     while done < buf.len() {
@@ -1017,6 +1034,91 @@ pub fn park_on_sigbus() {
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
     }
+}
+
+/// Installs a seccomp filter under which the System V shared memory system calls
+/// (x86_64 and x32 `shmget`/`shmat`/`shmctl`/`shmdt`; i386's, and the shm
+/// sub-calls of its `ipc` multiplexer) fail with `errno`, inherited by every
+/// descendant; sets no_new_privs first, as an unprivileged filter requires.
+/// Everything else, and every other architecture, is allowed.
+pub fn deny_sysv_shm(errno: i32) -> SysResult<()> {
+    use libc::{sock_filter, sock_fprog};
+    const LD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+    const NR: u32 = 0;
+    const ARG0: u32 = 16;
+    const X86_64: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+    const I386: u32 = 0x4000_0003; // AUDIT_ARCH_I386
+    let st = |code: u16, k: u32| sock_filter { code, jt: 0, jf: 0, k };
+    let jeq = |k: u32, jt: u8, jf: u8| sock_filter { code: JEQ, jt, jf, k };
+    let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
+    let allow = libc::SECCOMP_RET_ALLOW;
+    let filter = [
+        /* 0 */ st(LD, ARCH),
+        /* 1 */ jeq(X86_64, 0, 8),
+        /* 2 */ st(LD, NR),
+        /* 3 */ st(AND, !0x4000_0000u32), // the x32 bit
+        /* 4 */ jeq(29, 4, 0), // shmget
+        /* 5 */ jeq(30, 3, 0), // shmat
+        /* 6 */ jeq(31, 2, 0), // shmctl
+        /* 7 */ jeq(67, 1, 0), // shmdt
+        /* 8 */ st(RET, allow),
+        /* 9 */ st(RET, deny),
+        /* 10 */ jeq(I386, 0, 13),
+        /* 11 */ st(LD, NR),
+        /* 12 */ jeq(395, 10, 0), // shmget
+        /* 13 */ jeq(396, 9, 0), // shmctl
+        /* 14 */ jeq(397, 8, 0), // shmat
+        /* 15 */ jeq(398, 7, 0), // shmdt
+        /* 16 */ jeq(117, 0, 7), // ipc
+        /* 17 */ st(LD, ARG0),
+        /* 18 */ st(AND, 0xffff),
+        /* 19 */ jeq(21, 3, 0), // SHMAT
+        /* 20 */ jeq(22, 2, 0), // SHMDT
+        /* 21 */ jeq(23, 1, 0), // SHMGET
+        /* 22 */ jeq(24, 0, 1), // SHMCTL
+        /* 23 */ st(RET, deny),
+        /* 24 */ st(RET, allow),
+    ];
+    let prog = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut sock_filter };
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
+    // SAFETY: prog points at a filter that lives across the call; the kernel copies it.
+    check(unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const sock_fprog) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Makes `cmd`'s child install `deny_sysv_shm(errno)` before it execs.
+pub fn deny_sysv_shm_in(cmd: &mut std::process::Command, errno: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec; deny_sysv_shm
+    // only builds a filter on the stack and calls prctl, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || deny_sysv_shm(errno).map_err(|e| std::io::Error::from_raw_os_error(e.0)));
+    }
+}
+
+/// unshare(CLONE_NEWIPC): this process (and the children it starts next) gets a
+/// fresh System V IPC namespace.
+pub fn new_ipc_namespace() -> SysResult<()> {
+    // SAFETY: unshare takes a flag word only.
+    check(unsafe { libc::unshare(libc::CLONE_NEWIPC) } as libc::c_long).map(|_| ())
+}
+
+/// The path this process was executed as (AT_EXECFN; no system call).
+pub fn exec_name() -> Option<String> {
+    // SAFETY: getauxval reads the auxiliary vector; AT_EXECFN, when present, points
+    // at a NUL-terminated string the kernel placed on the initial stack, which
+    // lives as long as the process.
+    let p = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as above: a valid NUL-terminated string.
+    Some(unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
 /// sched_yield(2).

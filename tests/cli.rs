@@ -1,7 +1,8 @@
 //! The `shmshim` command and the library's switches, driven as a user would:
 //! `SHMSHIM_MODE` (emulate / native / auto), `SHMSHIM_LOG`, `syscall(SYS_shm*)`
-//! interception (SEMANTICS S155), `shmshim run` (exit status, LD_PRELOAD), and
-//! `ls --json` / `stat` / `rm` / `gc`.
+//! interception (SEMANTICS S155), `shmshim run` (exit status, LD_PRELOAD),
+//! `ls --json` / `stat` / `rm` / `gc`, `sandbox`, `compare`, and `scripts/install`
+//! with system-wide use through /etc/ld.so.preload.
 //!
 //! Needs gcc and util-linux (`unshare`, `ipcs`), as scripts/test does.
 
@@ -48,6 +49,7 @@ const PROBE_C: &str = r#"
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <sys/wait.h>
 int main(int argc, char **argv) {
     key_t key = (key_t)strtol(argv[2], 0, 0);
     if (!strcmp(argv[1], "create")) {
@@ -71,6 +73,19 @@ int main(int argc, char **argv) {
         if (p == (void *)-1) { printf("shmat %s\n", strerror(errno)); return 1; }
         struct shmid_ds d; shmctl(id, IPC_STAT, &d);
         printf("%s %lu\n", p, (unsigned long)d.shm_nattch); return 0;
+    }
+    if (!strcmp(argv[1], "fork") || !strcmp(argv[1], "rawfork")) {
+        /* a child inherits an attach; the parent reads nattch while it lives */
+        int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+        char *p = shmat(id, 0, 0);
+        int go[2]; if (pipe(go)) return 3;
+        pid_t c = !strcmp(argv[1], "fork") ? fork() : (pid_t)syscall(SYS_fork);
+        if (c == 0) { char b; read(go[0], &b, 1); _exit(0); }
+        struct shmid_ds d; shmctl(id, IPC_STAT, &d);
+        printf("nattch %lu\n", (unsigned long)d.shm_nattch);
+        write(go[1], "x", 1); waitpid(c, 0, 0);
+        shmdt(p); shmctl(id, IPC_RMID, 0);
+        return 0;
     }
     if (!strcmp(argv[1], "raw")) {
         long id = syscall(SYS_shmget, key, 8192, IPC_CREAT | 0600);
@@ -352,4 +367,112 @@ fn the_default_namespace_is_per_kernel_ipc_namespace() {
         finish(&e.path());
     }
     finish(&xdg);
+}
+
+#[test]
+fn compare_reports_identical_runs_and_the_first_difference() {
+    let (probe, _) = setup();
+    let probe = probe.to_str().unwrap();
+    let cmp = |args: &[&str]| run(Command::new(release("shmshim")).arg("compare").args(args).env_remove("SHMSHIM_DIR"));
+    // A program whose calls match the kernel's.
+    let o = cmp(&["--", probe, "fork", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(text(&o).starts_with("identical ("), "{}", text(&o));
+    // A raw SYS_fork child is not counted by the shim (README, Known differences):
+    // the parent's IPC_STAT differs, and compare says where.
+    let o = cmp(&["--", probe, "rawfork", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("differs at call 3 of pid#1"), "{t}");
+    assert!(t.contains("nattch=2}") && t.contains("nattch=1}"), "{t}");
+    // --json: the same verdict, machine-readable.
+    let o = cmp(&["--json", "--", probe, "rawfork", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.starts_with("{\"identical\": false,") && t.contains("\"first_difference\": {\"process\": \"pid#1\", \"call\": 2,"), "{t}");
+    // The exit status is compared and reported.
+    let o = cmp(&["--", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("exit 3"), "{}", text(&o));
+}
+
+#[test]
+fn sandbox_denies_the_kernel_and_shim_answers_inside_it() {
+    let (probe, _) = setup();
+    let probe = probe.to_str().unwrap();
+    let dir = tempdir("sandbox");
+    let sandbox = |args: &[&str]| run(Command::new(release("shmshim")).arg("sandbox").args(args).env("SHMSHIM_DIR", &dir).env_remove("SHMSHIM_MODE"));
+    // Without the shim the kernel's calls fail with ENOSYS (or the errno asked for).
+    let o = sandbox(&["--", probe, "create", "0x52"]);
+    assert_eq!(text(&o).trim(), "error Function not implemented");
+    let o = sandbox(&["--errno", "EPERM", "--", probe, "create", "0x52"]);
+    assert_eq!(text(&o).trim(), "error Operation not permitted");
+    // With --shim, shmshim answers (the segment is in its namespace, not the kernel's).
+    let o = sandbox(&["--shim", "--", probe, "raw", "0x53"]);
+    assert!(o.status.success() && text(&o).contains("stat=0 segsz=8192 dt=0"), "{}", text(&o));
+    // Children inherit the filter.
+    let o = sandbox(&["--", "sh", "-c", &format!("{probe} create 0x54")]);
+    assert!(!o.status.success(), "{}", text(&o));
+    finish(&dir);
+}
+
+/// `scripts/install` into a temporary prefix: `shmshim run` finds the library with
+/// an empty environment, and system-wide use through /etc/ld.so.preload works —
+/// tried in a private mount namespace with /etc overlaid, so the machine's own
+/// file is never touched — with the server (the shmshim binary, which then
+/// loads the library too) not served by itself.
+#[test]
+fn install_and_ld_so_preload() {
+    let (probe, nosysv) = setup();
+    let base = tempdir("install");
+    std::fs::create_dir_all(&base).unwrap();
+    let prefix = base.join("prefix");
+    let st = Command::new(root().join("scripts/install")).arg(&prefix).output().unwrap();
+    assert!(st.status.success(), "scripts/install: {}", String::from_utf8_lossy(&st.stderr));
+    let bin = prefix.join("bin/shmshim");
+    assert!(bin.is_file() && prefix.join("lib/libshmshim.so").is_file());
+    // From another directory, with nothing in the environment.
+    let o = run(Command::new("env").args(["-i"]).arg(&bin).args(["sandbox", "--shim", "--"]).arg(probe).args(["create", "0x61"]).current_dir("/"));
+    assert!(o.status.success(), "{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
+    let id: i32 = text(&o).trim().parse().unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert!(id >= 0);
+    let o = run(Command::new("env").args(["-i"]).arg(&bin).args(["run", "--"]).arg(probe).args(["rm", "0x61"]).current_dir("/"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // System-wide: only /etc/ld.so.preload names the library.
+    assert_eq!(unsafe_free_geteuid(), 0, "this test needs root (a mount namespace)");
+    let ns = base.join("ns");
+    let script = format!(
+        r#"set -e
+mkdir -p {b}/up {b}/work
+mount -t overlay overlay -o lowerdir=/etc,upperdir={b}/up,workdir={b}/work /etc
+echo {lib} > /etc/ld.so.preload
+export SHMSHIM_DIR={ns}
+{nosysv} {probe} create 0x62
+{nosysv} {probe} find 0x62
+{bin} ls
+{nosysv} {probe} rm 0x62
+"#,
+        b = base.display(),
+        lib = prefix.join("lib/libshmshim.so").display(),
+        ns = ns.display(),
+        nosysv = nosysv.display(),
+        probe = probe.display(),
+        bin = bin.display()
+    );
+    let o = run(Command::new("unshare").args(["--mount", "--propagation", "private", "env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", &script]));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = t.lines().collect();
+    let id: i32 = lines[0].trim().parse().unwrap_or_else(|_| panic!("{t}"));
+    assert_eq!(lines[1], format!("{id} 0"), "{t}");
+    assert!(t.contains("0x00000062"), "shmshim ls lists the segment: {t}");
+    // The machine's own file is as it was.
+    assert!(!std::fs::read_to_string("/etc/ld.so.preload").unwrap_or_default().contains(&*prefix.to_string_lossy()));
+    finish(&ns);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+fn unsafe_free_geteuid() -> u32 {
+    shmshim_core::sys::geteuid()
 }

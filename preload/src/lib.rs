@@ -25,6 +25,12 @@
 /// PostgreSQL does with its ps display).
 #[ctor::ctor]
 fn snapshot() {
+    // The shmshim binary (CLI and server) runs with this library only when it is
+    // preloaded system-wide; it must not be served by itself.
+    if sys::exec_name().is_some_and(|n| n.rsplit('/').next() == Some("shmshim")) {
+        shmshim_core::config::stand_aside();
+        return;
+    }
     let _ = shmshim_core::config::get();
     // Signal blocking is skipped only while the hooks below see every handler
     // the program installs: not so if this library was loaded after the program
@@ -43,6 +49,7 @@ use shmshim_core::log;
 use shmshim_core::process::{self, Reentry, FL_DONTDUMP, FL_DONTFORK, LOCAL, NFRAGS};
 use shmshim_core::shm::{self, VmChange};
 use shmshim_core::sys::{self, Errno, SysResult};
+use shmshim_core::trace;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The next definition of an interposed libc function, looked up once.
@@ -97,6 +104,14 @@ fn finish<T: Copy>(r: SysResult<T>, err_val: T) -> T {
 /// shmget(2).
 #[no_mangle]
 pub extern "C" fn shmget(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int {
+    let r = shmget_inner(key, size, shmflg);
+    if trace::enabled() {
+        trace::shmget(key, size, shmflg, r, sys::errno());
+    }
+    r
+}
+
+fn shmget_inner(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int {
     if !emulating() {
         // SAFETY: forwarding the caller's arguments to libc's shmget.
         return next_fn!(c"shmget", unsafe extern "C" fn(libc::key_t, size_t, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(key, size, shmflg) });
@@ -109,6 +124,14 @@ pub extern "C" fn shmget(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int
 /// shmat(2). Errors return (void *)-1.
 #[no_mangle]
 pub extern "C" fn shmat(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> *mut c_void {
+    let r = shmat_inner(shmid, shmaddr, shmflg);
+    if trace::enabled() {
+        trace::shmat(shmid, shmaddr as usize, shmflg, r as usize, sys::errno());
+    }
+    r
+}
+
+fn shmat_inner(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> *mut c_void {
     if !emulating() {
         // SAFETY: forwarding the caller's arguments to libc's shmat.
         return next_fn!(c"shmat", unsafe extern "C" fn(c_int, *const c_void, c_int) -> *mut c_void)
@@ -122,6 +145,14 @@ pub extern "C" fn shmat(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> 
 /// shmdt(2).
 #[no_mangle]
 pub extern "C" fn shmdt(shmaddr: *const c_void) -> c_int {
+    let r = shmdt_inner(shmaddr);
+    if trace::enabled() {
+        trace::shmdt(shmaddr as usize, r, sys::errno());
+    }
+    r
+}
+
+fn shmdt_inner(shmaddr: *const c_void) -> c_int {
     if !emulating() {
         // SAFETY: forwarding the caller's argument to libc's shmdt.
         return next_fn!(c"shmdt", unsafe extern "C" fn(*const c_void) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(shmaddr) });
@@ -135,6 +166,14 @@ pub extern "C" fn shmdt(shmaddr: *const c_void) -> c_int {
 /// unversioned definition interposes.
 #[no_mangle]
 pub extern "C" fn shmctl(shmid: c_int, cmd: c_int, buf: *mut c_void) -> c_int {
+    let r = shmctl_inner(shmid, cmd, buf);
+    if trace::enabled() {
+        trace::shmctl(shmid, cmd, buf as usize, r, sys::errno());
+    }
+    r
+}
+
+fn shmctl_inner(shmid: c_int, cmd: c_int, buf: *mut c_void) -> c_int {
     if !emulating() {
         // SAFETY: forwarding the caller's arguments to libc's shmctl.
         return next_fn!(c"shmctl", unsafe extern "C" fn(c_int, c_int, *mut c_void) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(shmid, cmd, buf) });

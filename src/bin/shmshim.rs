@@ -20,6 +20,12 @@ commands:
   check                        verify the registry's invariants
   serve --dir DIR [--shared]   serve a namespace in the foreground (a private one is
                                otherwise started automatically; --shared: several users)
+  sandbox [--shim] [--errno E] -- PROGRAM [ARGS...]
+                               run PROGRAM with the kernel's SysV shm calls denied
+                               (--shim: under shmshim, which then answers them)
+  compare [--json] -- PROGRAM [ARGS...]
+                               run PROGRAM on the kernel and under shmshim; compare
+                               every SysV call and the exit status
 
 `shmshim COMMAND --help` describes one command.
 
@@ -36,6 +42,8 @@ fn command_help(cmd: &str) -> Option<&'static str> {
         "gc" => "usage: shmshim gc\n\nDetaches the attaches of processes that died or exec'd (they are also detached\nwhenever someone looks), destroys removed segments they held last, and reports\nwhat it did.\n",
         "check" => "usage: shmshim check\n\nVerifies the registry's invariants (counters, key index, nattch against attach\nrecords) and asks the server whether it holds every segment's memory and watches\nevery participant; exit status 1 if one does not hold.\n",
         "serve" => "usage: shmshim serve --dir DIR [--shared]\n\nServes the namespace DIR in the foreground: holds its segments' memory and learns\nof every participant's death. Without --shared it serves a private namespace (the\nlibrary starts such a server by itself, which exits when the namespace is empty;\none started by hand stays, so segments outlive containers and service restarts).\nWith --shared it serves several users: run it as root or a dedicated account;\nit alone writes the registry and holds memory, and decides every change on the\nclient's kernel-reported credentials. Removing DIR ends the server.\n",
+        "sandbox" => "usage: shmshim sandbox [--shim] [--errno ENOSYS|EPERM|EACCES|N] [--] PROGRAM [ARGS...]\n\nRuns PROGRAM with the kernel's System V shared memory system calls (shmget, shmat,\nshmctl, shmdt, and the ipc() forms of 32-bit programs) failing with ENOSYS (or the\nerrno given), as in a seccomp-filtered sandbox; children inherit it. With --shim,\nPROGRAM runs under shmshim inside it: whatever SysV shared memory it gets comes\nfrom shmshim, not the kernel. The exit status is PROGRAM's.\n",
+        "compare" => "usage: shmshim compare [--json] [--] PROGRAM [ARGS...]\n\nRuns PROGRAM twice: on the kernel, in a fresh IPC namespace (the host's, with a\nwarning, where one cannot be made), and under shmshim inside the sandbox of\n`shmshim sandbox`. Both runs record every SysV call (arguments, result, errno and\nthe structures shmctl fills) with ids, addresses, pids and times numbered by first\nappearance. Prints `identical` and exits 0, or the first call that differs with a\nfew calls of context from both runs and exits 1 (2: a run could not be made).\n--json prints a machine-readable report instead. PROGRAM's own output is discarded.\n",
         _ => return None,
     })
 }
@@ -403,6 +411,186 @@ fn cmd_serve(rest: &[String]) -> i32 {
     server::serve(server::Options { dir, shared, auto })
 }
 
+fn parse_errno(s: &str) -> i32 {
+    match s {
+        "ENOSYS" => libc::ENOSYS,
+        "EPERM" => libc::EPERM,
+        "EACCES" => libc::EACCES,
+        "EINVAL" => libc::EINVAL,
+        n => n.parse().ok().filter(|&n: &i32| n > 0 && n < 4096).unwrap_or_else(|| die(&format!("--errno {n}: not an errno name or number"))),
+    }
+}
+
+fn cmd_sandbox(rest: &[String]) -> ! {
+    let mut shim = false;
+    let mut errno = libc::ENOSYS;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "--shim" => shim = true,
+            "--errno" => {
+                i += 1;
+                errno = parse_errno(rest.get(i).map(|s| s.as_str()).unwrap_or_else(|| die("--errno needs a value")));
+            }
+            "--" => {
+                i += 1;
+                break;
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    let prog = &rest[i.min(rest.len())..];
+    if prog.is_empty() {
+        die("sandbox: no PROGRAM; see `shmshim sandbox --help`");
+    }
+    let mut cmd = Command::new(&prog[0]);
+    cmd.args(&prog[1..]);
+    if shim {
+        cmd.env("LD_PRELOAD", preload_value(&library()));
+        if std::env::var_os("SHMSHIM_MODE").is_none() {
+            cmd.env("SHMSHIM_MODE", "emulate");
+        }
+    }
+    if let Err(e) = shmshim_core::sys::deny_sysv_shm(errno) {
+        die(&format!("sandbox: cannot install the seccomp filter: {}", e.name()));
+    }
+    let err = cmd.exec();
+    eprintln!("shmshim: cannot run {}: {err}", prog[0]);
+    exit(127)
+}
+
+/// One traced run of `shmshim compare`.
+struct Run {
+    status: std::process::ExitStatus,
+    trace: String,
+}
+
+fn traced_run(prog: &[String], native: bool, work: &std::path::Path) -> Result<Run, String> {
+    let side = if native { "native" } else { "shim" };
+    let trace = work.join(format!("{side}.trace"));
+    let out = std::fs::File::create(work.join(format!("{side}.out"))).map_err(|e| e.to_string())?;
+    let err = std::fs::File::create(work.join(format!("{side}.err"))).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&prog[0]);
+    cmd.args(&prog[1..])
+        .env("LD_PRELOAD", preload_value(&library()))
+        .env("SHMSHIM_TRACE", &trace)
+        .env("SHMSHIM_MODE", if native { "native" } else { "emulate" })
+        .env("SHMSHIM_DIR", work.join("ns"))
+        .env_remove("SHMSHIM_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    if !native {
+        shmshim_core::sys::deny_sysv_shm_in(&mut cmd, libc::ENOSYS);
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run {}: {e}", prog[0]))?;
+    let trace = std::fs::read_to_string(&trace).unwrap_or_default();
+    Ok(Run { status, trace })
+}
+
+fn status_text(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown".into(),
+    }
+}
+
+fn cmd_compare(rest: &[String]) -> i32 {
+    use shmshim_core::compare::{first_difference, json_str, normalize};
+    let mut json = false;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "--json" => json = true,
+            "--" => {
+                i += 1;
+                break;
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    let prog = &rest[i.min(rest.len())..];
+    if prog.is_empty() {
+        die("compare: no PROGRAM; see `shmshim compare --help`");
+    }
+    let work = std::env::temp_dir().join(format!("shmshim-compare.{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        die(&format!("compare: {}: {e}", work.display()));
+    }
+    // Both runs get this fresh IPC namespace: the native one needs it, and the shim
+    // one's kernel calls are denied anyway.
+    let mut warning = None;
+    if let Err(e) = shmshim_core::sys::new_ipc_namespace() {
+        warning = Some(format!("cannot make a fresh IPC namespace ({}): the native run uses the host's", e.name()));
+        if !json {
+            eprintln!("shmshim: warning: {}", warning.as_deref().unwrap_or(""));
+        }
+    }
+    let runs = traced_run(prog, true, &work).and_then(|n| traced_run(prog, false, &work).map(|s| (n, s)));
+    // Let an automatically started server of the shim run leave before the
+    // directory goes.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let _ = std::fs::remove_dir_all(&work);
+    let (native, shim) = match runs {
+        Ok(r) => r,
+        Err(e) => die(&format!("compare: {e}")),
+    };
+    let (a, b) = (normalize(&native.trace), normalize(&shim.trace));
+    let (sa, sb) = (status_text(&native.status), status_text(&shim.status));
+    let diff = first_difference(&a, &b);
+    let same = diff.is_none() && sa == sb;
+    if json {
+        let list = |v: &[String]| format!("[{}]", v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(", "));
+        let side = |n: &shmshim_core::compare::Normalized, st: &str| {
+            format!("{{\"status\": {}, \"processes\": {}, \"calls\": {}}}", json_str(st), n.processes.len(), n.calls())
+        };
+        let d = match &diff {
+            Some(d) => {
+                format!("{{\"process\": {}, \"call\": {}, \"native\": {}, \"shim\": {}}}", json_str(&d.process), d.index, list(&d.native), list(&d.shim))
+            }
+            None => "null".into(),
+        };
+        println!(
+            "{{\"identical\": {same}, \"native\": {}, \"shim\": {}, \"first_difference\": {d}, \"warning\": {}}}",
+            side(&a, &sa),
+            side(&b, &sb),
+            warning.as_deref().map(json_str).unwrap_or_else(|| "null".into())
+        );
+    } else if same {
+        println!("identical ({} calls in {} processes; {sa})", a.calls(), a.processes.len());
+    } else {
+        match &diff {
+            Some(d) => {
+                println!("differs at call {} of {} (calls before it shown for context):", d.index + 1, d.process);
+                println!("  native:");
+                for c in &d.native {
+                    println!("    {c}");
+                }
+                if d.native.len() <= d.index.min(shmshim_core::compare::CONTEXT) {
+                    println!("    (no such call)");
+                }
+                println!("  shim:");
+                for c in &d.shim {
+                    println!("    {c}");
+                }
+                if d.shim.len() <= d.index.min(shmshim_core::compare::CONTEXT) {
+                    println!("    (no such call)");
+                }
+            }
+            None => println!("every call is the same, but the exit status differs: native {sa}, shim {sb}"),
+        }
+    }
+    if same {
+        0
+    } else {
+        1
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(cmd) = args.get(1) else {
@@ -410,7 +598,8 @@ fn main() {
         exit(2)
     };
     let rest = &args[2..];
-    if cmd != "run" && rest.iter().any(|a| a == "--help" || a == "-h") {
+    let wraps = matches!(cmd.as_str(), "run" | "sandbox" | "compare");
+    if !wraps && rest.iter().any(|a| a == "--help" || a == "-h") {
         match command_help(cmd) {
             Some(h) => {
                 print!("{h}");
@@ -419,8 +608,8 @@ fn main() {
             None => die(&format!("unknown command {cmd:?}; see `shmshim --help`")),
         }
     }
-    if cmd == "run" && matches!(rest.first().map(|s| s.as_str()), Some("--help") | Some("-h")) {
-        print!("{}", command_help("run").unwrap_or_default());
+    if wraps && matches!(rest.first().map(|s| s.as_str()), Some("--help") | Some("-h")) {
+        print!("{}", command_help(cmd).unwrap_or_default());
         exit(0)
     }
     let code = match cmd.as_str() {
@@ -432,6 +621,8 @@ fn main() {
         "check" => cmd_check(),
         "demo-step" => demo_step(rest.first().map(|s| s.as_str()).unwrap_or("")),
         "serve" => cmd_serve(rest),
+        "sandbox" => cmd_sandbox(rest),
+        "compare" => cmd_compare(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             0
