@@ -1,10 +1,10 @@
 //! Thin, typed wrappers over the raw system calls shmshim needs.
 //!
 //! Every `unsafe` block of the crate that talks to the kernel lives here, each with
-//! a `// SAFETY:` comment. Memory-management calls go straight to the kernel with
-//! `syscall(2)`, never through the libc symbols `mmap`/`munmap`/`mprotect`/`mremap`:
-//! shmshim interposes those symbols itself (to see detaches done by `munmap`,
-//! SEMANTICS S73), and calling them from inside the shim would re-enter the hooks.
+//! a `// SAFETY:` comment. Calls whose libc symbol the preload library interposes
+//! (`syscall`, `open`, `mmap`, `munmap`, `mprotect`, `mremap`, `madvise`,
+//! `waitpid`) are made with the system-call instruction itself (`raw`), never
+//! through libc: within the library those symbols resolve to its own hooks.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -64,6 +64,40 @@ pub fn errno_name(e: i32) -> &'static str {
     }
 }
 
+/// A system call made with the `syscall` instruction itself (`svc 0` on
+/// aarch64), never through libc's `syscall()`: this library exports a `syscall`
+/// hook of its own, which libc's symbol would resolve to. Returns -1 and sets
+/// errno on failure, as syscall(2) does. Arguments beyond the call's are ignored.
+///
+/// # Safety
+/// As for the system call made: pointers must be valid for what it reads and
+/// writes, and memory it changes must not be in use.
+pub unsafe fn raw(n: libc::c_long, args: &[usize]) -> libc::c_long {
+    let a = |i: usize| args.get(i).copied().unwrap_or(0);
+    let ret: isize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller upholds the call's contract; the instruction clobbers
+    // only rcx and r11, declared here.
+    unsafe {
+        std::arch::asm!("syscall", inlateout("rax") n as isize => ret, in("rdi") a(0), in("rsi") a(1), in("rdx") a(2),
+            in("r10") a(3), in("r8") a(4), in("r9") a(5), lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the caller upholds the call's contract; svc clobbers nothing else.
+    unsafe {
+        std::arch::asm!("svc 0", in("x8") n as isize, inlateout("x0") a(0) as isize => ret, in("x1") a(1), in("x2") a(2),
+            in("x3") a(3), in("x4") a(4), in("x5") a(5), options(nostack));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    // SAFETY: as the caller guarantees (other architectures go through libc).
+    let ret = unsafe { libc::syscall(n, a(0), a(1), a(2), a(3), a(4), a(5)) } as isize;
+    if (-4095..0).contains(&ret) {
+        set_errno(-ret as i32);
+        return -1;
+    }
+    ret as libc::c_long
+}
+
 fn check(r: libc::c_long) -> SysResult<libc::c_long> {
     if r < 0 {
         Err(Errno::last())
@@ -92,7 +126,7 @@ fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
 pub unsafe fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: RawFd, off: i64) -> SysResult<usize> {
     // SAFETY: a raw mmap call; the kernel validates every argument; replacing
     // memory is the caller's responsibility (see above).
-    let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
+    let r = unsafe { raw(libc::SYS_mmap, &[addr, len, prot as usize, flags as usize, fd as usize, off as usize]) };
     if r == -1 {
         return Err(Errno::last());
     }
@@ -105,7 +139,7 @@ pub unsafe fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: RawFd, of
 /// Nothing may still refer to memory in the range.
 pub unsafe fn munmap(addr: usize, len: usize) -> SysResult<()> {
     // SAFETY: the caller guarantees nothing refers to the range.
-    check(unsafe { libc::syscall(libc::SYS_munmap, addr, len) }).map(|_| ())
+    check(unsafe { raw(libc::SYS_munmap, &[addr, len]) }).map(|_| ())
 }
 
 /// mprotect(2) by raw syscall.
@@ -114,7 +148,7 @@ pub unsafe fn munmap(addr: usize, len: usize) -> SysResult<()> {
 /// Removing access from memory that Rust code still uses is the caller's to rule out.
 pub unsafe fn mprotect(addr: usize, len: usize, prot: i32) -> SysResult<()> {
     // SAFETY: as the caller guarantees.
-    check(unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) }).map(|_| ())
+    check(unsafe { raw(libc::SYS_mprotect, &[addr, len, prot as usize]) }).map(|_| ())
 }
 
 /// mremap(2) by raw syscall.
@@ -123,7 +157,7 @@ pub unsafe fn mprotect(addr: usize, len: usize, prot: i32) -> SysResult<()> {
 /// As for `munmap` (the old range may go) and `mmap` with MAP_FIXED (the new one).
 pub unsafe fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new_addr: usize) -> SysResult<usize> {
     // SAFETY: as the caller guarantees.
-    let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) };
+    let r = unsafe { raw(libc::SYS_mremap, &[old, old_len, new_len, flags as usize, new_addr]) };
     if r == -1 {
         Err(Errno::last())
     } else {
@@ -134,7 +168,7 @@ pub unsafe fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new
 /// madvise(2) by raw syscall (the libc symbol is interposed by the shim).
 pub fn madvise(addr: usize, len: usize, advice: i32) -> bool {
     // SAFETY: advice on a range of our own mappings; no memory is passed.
-    unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) == 0 }
+    unsafe { raw(libc::SYS_madvise, &[addr, len, advice as usize]) == 0 }
 }
 
 /// Whether any mapping of this process intersects `[start, end)` (from
@@ -235,13 +269,13 @@ fn copy_via_pipe(src: usize, dst: usize, len: usize) -> SysResult<()> {
 pub fn open(path: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
     retry(|| {
         // SAFETY: path is NUL-terminated; the call writes no memory of ours.
-        owned(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode) })
+        owned(unsafe { raw(libc::SYS_openat, &[libc::AT_FDCWD as usize, path.as_ptr() as usize, (flags | libc::O_CLOEXEC) as usize, mode as usize]) } as i32)
     })
 }
 
 pub fn memfd_create(name: &CStr, flags: u32) -> SysResult<OwnedFd> {
     // SAFETY: name is NUL-terminated; the returned fd is new and owned by us.
-    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), flags) };
+    let fd = unsafe { raw(libc::SYS_memfd_create, &[name.as_ptr() as usize, flags as usize]) };
     if fd < 0 {
         Err(Errno::last())
     } else {
@@ -283,7 +317,7 @@ pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
     // SAFETY: an all-zero stat is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: st is a properly sized, writable stat buffer.
-    check(unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) })?;
+    check(unsafe { raw(libc::SYS_fstat, &[fd as usize, &mut st as *mut libc::stat as usize]) })?;
     Ok(st)
 }
 
@@ -400,7 +434,7 @@ pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
 /// A pidfd for `pid` (readable once the process has exited).
 pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
     // SAFETY: plain syscall; the descriptor is ours.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let r = unsafe { raw(libc::SYS_pidfd_open, &[pid as usize, 0]) };
     owned(if r < 0 { -1 } else { r as i32 })
 }
 
@@ -408,14 +442,14 @@ pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
 /// (pidfd_getfd(2): needs ptrace access to it, as /proc/PID/fd does).
 pub fn pidfd_getfd(pidfd: RawFd, fd: RawFd) -> SysResult<OwnedFd> {
     // SAFETY: plain syscall; the new descriptor is ours.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    let r = unsafe { raw(libc::SYS_pidfd_getfd, &[pidfd as usize, fd as usize, 0]) };
     owned(if r < 0 { -1 } else { r as i32 })
 }
 
 /// Whether the process a pidfd names is still running.
 pub fn pidfd_alive(fd: RawFd) -> bool {
     // SAFETY: signal 0 through a pidfd only checks for existence.
-    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
+    unsafe { raw(libc::SYS_pidfd_send_signal, &[fd as usize, 0, 0, 0]) == 0 }
 }
 
 // ---------------------------------------------------------------- epoll
@@ -724,7 +758,7 @@ pub fn getpid() -> i32 {
 
 pub fn gettid() -> i32 {
     // SAFETY: no arguments.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    unsafe { raw(libc::SYS_gettid, &[]) as i32 }
 }
 
 pub fn geteuid() -> u32 {
@@ -746,7 +780,7 @@ pub fn getuid() -> u32 {
 pub fn getfsgid() -> u32 {
     // SAFETY: setfsgid with an invalid id only returns the current value. By raw
     // syscall: the libc symbol is hooked and would count as a credential change.
-    unsafe { libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32 }
+    unsafe { raw(libc::SYS_setfsgid, &[u32::MAX as usize]) as u32 }
 }
 
 pub fn getgroups() -> Vec<u32> {
@@ -783,7 +817,7 @@ pub fn effective_caps() -> u64 {
     let mut hdr = Header { version: 0x20080522, pid: 0 };
     let mut data = [Data::default(); 2];
     // SAFETY: capget with version 3 writes two Data records.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    let r = unsafe { raw(libc::SYS_capget, &[&mut hdr as *mut _ as usize, data.as_mut_ptr() as usize]) };
     if r != 0 {
         return 0;
     }
@@ -812,21 +846,11 @@ pub fn read_small(path: &str) -> Option<String> {
 /// shmctl straight to the kernel, bypassing libc and the shim's own `syscall`
 /// hook (used once, to probe whether native SysV IPC works).
 pub fn raw_shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i64> {
-    let r: i64;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the shmctl system call with a buffer we own (IPC_INFO writes at
-    // most 72 bytes); no other state is touched.
-    unsafe {
-        std::arch::asm!("syscall", inlateout("rax") libc::SYS_shmctl => r, in("rdi") id as i64, in("rsi") cmd as i64,
-            in("rdx") buf, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above.
-    unsafe {
-        std::arch::asm!("svc 0", inlateout("x0") id as i64 => r, in("x1") cmd as i64, in("x2") buf, in("x8") libc::SYS_shmctl, options(nostack));
-    }
-    if (-4095..0).contains(&r) {
-        Err(Errno(-r as i32))
+    // SAFETY: the shmctl system call with a buffer the caller owns (IPC_INFO
+    // writes at most 72 bytes); no other state is touched.
+    let r = unsafe { raw(libc::SYS_shmctl, &[id as usize, cmd as usize, buf]) };
+    if r == -1 {
+        Err(Errno::last())
     } else {
         Ok(r)
     }
@@ -968,7 +992,7 @@ pub fn spawn_and_wait(bin: &std::path::Path, args: &[&str]) -> SysResult<()> {
     }
     let mut status = 0;
     // SAFETY: waiting for the child we just started.
-    retry(|| check(unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long)).map(|_| ())
+    retry(|| check(unsafe { raw(libc::SYS_wait4, &[pid as usize, &mut status as *mut i32 as usize, 0, 0]) })).map(|_| ())
 }
 
 /// Takes an exclusive flock without waiting; false if someone else holds it.
@@ -993,12 +1017,12 @@ pub fn daemonize(keep: &[RawFd]) {
         keep.sort_unstable();
         for k in keep {
             if k > next {
-                libc::syscall(libc::SYS_close_range, next, k - 1, 0u32);
+                raw(libc::SYS_close_range, &[next as usize, (k - 1) as usize, 0]);
             }
             next = k + 1;
         }
-        libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        raw(libc::SYS_close_range, &[next as usize, u32::MAX as usize, 0]);
+        let null = raw(libc::SYS_openat, &[libc::AT_FDCWD as usize, c"/dev/null".as_ptr() as usize, libc::O_RDWR as usize]) as i32;
         if null >= 0 {
             for std in 0..3 {
                 if libc::fcntl(std, libc::F_GETFD) < 0 {
