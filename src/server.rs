@@ -93,13 +93,17 @@ struct BgState {
 }
 
 impl Background {
-    fn start(reg: &'static Registry) -> std::sync::Arc<Background> {
-        let bg = std::sync::Arc::new(Background { state: Default::default(), wake: std::sync::Condvar::new(), reg });
-        let me = bg.clone();
+    fn new(reg: &'static Registry) -> std::sync::Arc<Background> {
+        std::sync::Arc::new(Background { state: Default::default(), wake: std::sync::Condvar::new(), reg })
+    }
+
+    /// Starts the thread: only once the server has adopted the namespace, since
+    /// pool entries a previous server left name descriptors that are not ours.
+    fn spawn(self: &std::sync::Arc<Self>) {
+        let me = self.clone();
         if std::thread::Builder::new().name("shmshim-bg".into()).spawn(move || me.run()).is_err() {
-            bg.lock().absent = true;
+            self.lock().absent = true;
         }
-        bg
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BgState> {
@@ -339,7 +343,7 @@ impl Server {
         let reg: &'static Registry = Box::leak(Box::new(reg));
         let mut s = Server {
             reg,
-            bg: Background::start(reg),
+            bg: Background::new(reg),
             dir: opts.dir.clone(),
             shared: opts.shared,
             auto: opts.auto,
@@ -364,6 +368,7 @@ impl Server {
         // Adopt first, listen after: a participant whose connection is accepted
         // may trust that every id it finds has its memory.
         s.adopt();
+        s.bg.spawn();
         sys::bind(s.listen.as_raw_fd(), &path)?;
         let sock_mode = if opts.shared { 0o666 } else { 0o600 };
         let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(sock_mode));
