@@ -384,18 +384,30 @@ pub fn beyond_limit_fd(fd: OwnedFd) -> OwnedFd {
     }
 }
 
-/// Moves a descriptor above the soft RLIMIT_NOFILE (raised for a moment, within
-/// the hard limit, to let the duplicate be made there). Gives it back when the
-/// limits leave no room.
+/// Moves a descriptor above the soft RLIMIT_NOFILE (raised for a moment to let
+/// the duplicate be made there). Gives it back when the limits leave no room.
 pub fn above_limit_fd(fd: OwnedFd) -> Result<OwnedFd, OwnedFd> {
-    static PLACE: crate::fsmutex::FsMutex<()> = crate::fsmutex::FsMutex::new(());
-    let _g = PLACE.lock();
-    let (soft, hard) = sys::rlimit_nofile();
-    if soft == libc::RLIM_INFINITY || hard <= soft || soft > i32::MAX as u64 / 2 {
+    // (soft, hard) at the last refusal, and when: asked again once the limits
+    // change, and not read again within the second (this runs at every attach of
+    // an uncached segment).
+    static PLACE: crate::fsmutex::FsMutex<(u64, u64, i64)> = crate::fsmutex::FsMutex::new((0, 0, i64::MIN));
+    let mut refused = PLACE.lock();
+    let now = sys::now();
+    if refused.2 == now {
         return Err(fd);
     }
-    let room = (soft + FD_CACHE_ABOVE).min(hard);
-    if sys::set_rlimit_nofile(room, hard).is_err() {
+    let (soft, hard) = sys::rlimit_nofile();
+    if soft == libc::RLIM_INFINITY || soft > i32::MAX as u64 / 2 || (refused.0, refused.1) == (soft, hard) {
+        *refused = (soft, hard, now);
+        return Err(fd);
+    }
+    // Within the hard limit where it leaves room; else (a privileged process,
+    // CAP_SYS_RESOURCE) above it too, for the moment of the dup: the hard limit
+    // goes back to what it was, and the program's own budget is untouched.
+    let room = soft + FD_CACHE_ABOVE;
+    let raised = if hard > soft { sys::set_rlimit_nofile(room.min(hard), hard) } else { sys::set_rlimit_nofile(room, room) };
+    if raised.is_err() {
+        *refused = (soft, hard, now);
         return Err(fd);
     }
     let r = sys::dup_at_least(fd.as_raw_fd(), soft as i32);
