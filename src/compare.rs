@@ -134,24 +134,6 @@ pub fn first_difference(native: &Normalized, shim: &Normalized) -> Option<Differ
     None
 }
 
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,10 +171,5 @@ mod tests {
         // A call one side lacks is a difference too.
         let c = normalize("1\tshmget key=0x1 size=1 flg=0o1600 -> id:5\n");
         assert_eq!(first_difference(&a, &c).unwrap().shim.len(), 1);
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! This crate is the core (semantics, registry, server, client); the preload
 //! library with the C ABI hooks is the `preload` crate, and the `shmshim` binary
-//! (CLI and server) exports no hook. See `docs/ARCHITECTURE.md` for the design,
+//! (CLI and server, crate `cli`) exports no hook. See `docs/ARCHITECTURE.md` for the design,
 //! `README.md` for use.
 
 pub mod cell;

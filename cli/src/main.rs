@@ -64,6 +64,63 @@ fn die(msg: &str) -> ! {
     exit(2)
 }
 
+/// A command's arguments, parsed with lexopt: `flags` (`--name`), `valued`
+/// options (`--name VALUE`), `-h`/`--help`, and positionals. With `program`,
+/// the first positional (or whatever follows `--`) starts PROGRAM ARGS…, which
+/// are taken as they are.
+struct Args {
+    flags: Vec<&'static str>,
+    values: Vec<(&'static str, String)>,
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn has(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+    fn value(&self, name: &str) -> Option<&str> {
+        self.values.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse(cmd: &str, args: &[String], flags: &[&'static str], valued: &[&'static str], program: bool) -> Args {
+    use lexopt::Arg::{Long, Short, Value};
+    let bad = |e: lexopt::Error| -> ! { die(&format!("{cmd}: {e}; see `shmshim {cmd} --help`")) };
+    let mut p = lexopt::Parser::from_args(args.iter().map(OsString::from));
+    let mut out = Args { flags: Vec::new(), values: Vec::new(), rest: Vec::new() };
+    loop {
+        let arg = match p.next() {
+            Ok(Some(a)) => a,
+            Ok(None) => break,
+            Err(e) => bad(e),
+        };
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{}", command_help(cmd).unwrap_or(USAGE));
+                exit(0)
+            }
+            Long(name) if flags.contains(&name) => out.flags.push(flags[flags.iter().position(|f| *f == name).unwrap_or(0)]),
+            Long(name) if valued.contains(&name) => {
+                let key = valued[valued.iter().position(|f| *f == name).unwrap_or(0)];
+                let v = p.value().unwrap_or_else(|e| bad(e));
+                out.values.push((key, v.to_string_lossy().into_owned()));
+            }
+            Value(v) => {
+                out.rest.push(v.to_string_lossy().into_owned());
+                if program {
+                    match p.raw_args() {
+                        Ok(raw) => out.rest.extend(raw.map(|a| a.to_string_lossy().into_owned())),
+                        Err(e) => bad(e),
+                    }
+                    break;
+                }
+            }
+            other => bad(other.unexpected()),
+        }
+    }
+    out
+}
+
 /// The preload library: $SHMSHIM_LIB, else libshmshim.so beside this binary.
 fn library() -> PathBuf {
     if let Some(p) = std::env::var_os("SHMSHIM_LIB").filter(|v| !v.is_empty()) {
@@ -94,12 +151,12 @@ fn preload_value(lib: &std::path::Path) -> OsString {
 }
 
 fn cmd_run(args: &[String]) -> ! {
-    let args: Vec<&String> = args.iter().skip_while(|a| a.as_str() == "--").collect();
+    let args = parse("run", args, &[], &[], true).rest;
     let lib = library();
     if args.is_empty() {
         demo(&lib);
     }
-    let err = Command::new(args[0]).args(&args[1..]).env("LD_PRELOAD", preload_value(&lib)).exec();
+    let err = Command::new(&args[0]).args(&args[1..]).env("LD_PRELOAD", preload_value(&lib)).exec();
     eprintln!("shmshim: cannot run {}: {err}", args[0]);
     exit(127)
 }
@@ -203,44 +260,29 @@ fn open_namespace() -> &'static process::Namespace {
     process::namespace().unwrap_or_else(|_| die("the namespace cannot be used (see the message above)"))
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-fn seg_json(s: &shm::SegStat) -> String {
-    format!(
-        "{{\"shmid\":{},\"key\":{},\"uid\":{},\"gid\":{},\"cuid\":{},\"cgid\":{},\"mode\":{},\"perms\":\"{:o}\",\"dest\":{},\"locked\":{},\"segsz\":{},\"atime\":{},\"dtime\":{},\"ctime\":{},\"cpid\":{},\"lpid\":{},\"nattch\":{},\"rss_bytes\":{}}}",
-        s.id, s.key, s.uid, s.gid, s.cuid, s.cgid, s.mode, s.mode & 0o777,
-        s.mode & registry::SHM_DEST != 0, s.mode & registry::SHM_LOCKED != 0,
-        s.segsz, s.atime, s.dtime, s.ctime, s.cpid, s.lpid, s.nattch, s.rss_pages * 4096
-    )
+fn seg_json(s: &shm::SegStat) -> serde_json::Value {
+    serde_json::json!({
+        "shmid": s.id, "key": s.key, "uid": s.uid, "gid": s.gid, "cuid": s.cuid, "cgid": s.cgid,
+        "mode": s.mode, "perms": format!("{:o}", s.mode & 0o777),
+        "dest": s.mode & registry::SHM_DEST != 0, "locked": s.mode & registry::SHM_LOCKED != 0,
+        "segsz": s.segsz, "atime": s.atime, "dtime": s.dtime, "ctime": s.ctime,
+        "cpid": s.cpid, "lpid": s.lpid, "nattch": s.nattch, "rss_bytes": s.rss_pages * 4096,
+    })
 }
 
 fn cmd_ls(args: &[String]) -> i32 {
-    let json = match args.first().map(|s| s.as_str()) {
-        None => false,
-        Some("--json") => true,
-        Some(other) => die(&format!("ls: unknown option {other}; see `shmshim ls --help`")),
-    };
+    let a = parse("ls", args, &["json"], &[], false);
+    if let Some(extra) = a.rest.first() {
+        die(&format!("ls: unexpected argument {extra}; see `shmshim ls --help`"));
+    }
     let segs = shm::list_segments(open_namespace());
-    if json {
-        let list: Vec<String> = segs.iter().map(seg_json).collect();
-        println!(
-            "{{\"namespace\":{},\"mode\":{},\"segments\":[{}]}}",
-            json_str(&shmshim_core::config::get().dir.display().to_string()),
-            json_str(if shmshim_core::config::emulating() { "emulate" } else { "native" }),
-            list.join(",")
-        );
+    if a.has("json") {
+        let doc = serde_json::json!({
+            "namespace": shmshim_core::config::get().dir.display().to_string(),
+            "mode": if shmshim_core::config::emulating() { "emulate" } else { "native" },
+            "segments": segs.iter().map(seg_json).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
         return 0;
     }
     println!("{}", mode_line());
@@ -285,17 +327,28 @@ fn cmd_rm(args: &[String]) -> i32 {
     if args.is_empty() {
         die("rm: give segment ids, or --key KEY");
     }
+    // In order: `--key`/`-M` makes the numbers that follow keys, `-m` ids again.
+    use lexopt::Arg::{Long, Short, Value};
+    let mut items: Vec<(bool, String)> = Vec::new();
     let mut by_key = false;
+    let mut p = lexopt::Parser::from_args(args.iter().map(OsString::from));
+    loop {
+        match p.next() {
+            Ok(Some(Long("key") | Short('M'))) => by_key = true,
+            Ok(Some(Short('m'))) => by_key = false,
+            Ok(Some(Short('h') | Long("help"))) => {
+                print!("{}", command_help("rm").unwrap_or(USAGE));
+                exit(0)
+            }
+            Ok(Some(Value(v))) => items.push((by_key, v.to_string_lossy().into_owned())),
+            Ok(Some(other)) => die(&format!("rm: {}; see `shmshim rm --help`", other.unexpected())),
+            Ok(None) => break,
+            Err(e) => die(&format!("rm: {e}; see `shmshim rm --help`")),
+        }
+    }
     let mut status = 0;
-    for a in args {
-        if a == "--key" || a == "-M" {
-            by_key = true;
-            continue;
-        }
-        if a == "-m" {
-            by_key = false;
-            continue;
-        }
+    for (by_key, a) in &items {
+        let (by_key, a) = (*by_key, a.as_str());
         let Some(n) = parse_num(a) else {
             eprintln!("shmshim rm: {a}: not a number");
             status = 1;
@@ -328,7 +381,8 @@ fn cmd_rm(args: &[String]) -> i32 {
 }
 
 fn cmd_stat(args: &[String]) -> i32 {
-    let Some(id) = args.first().and_then(|a| parse_num(a)) else { die("stat: give a segment id; see `shmshim ls`") };
+    let a = parse("stat", args, &[], &[], false);
+    let Some(id) = a.rest.first().and_then(|a| parse_num(a)) else { die("stat: give a segment id; see `shmshim ls`") };
     let Some(s) = shm::list_segments(open_namespace()).into_iter().find(|s| s.id as i64 == id) else {
         eprintln!("shmshim stat: no segment with id {id} in {} (see `shmshim ls`)", shmshim_core::config::get().dir.display());
         return 1;
@@ -395,20 +449,12 @@ fn cmd_check() -> i32 {
 }
 
 fn cmd_serve(rest: &[String]) -> i32 {
-    let mut dir = None;
-    let mut shared = false;
-    let mut auto = false;
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--dir" => dir = it.next().map(PathBuf::from),
-            "--shared" => shared = true,
-            "--daemon" => auto = true,
-            _ => die(&format!("serve: unknown argument {a}; see `shmshim serve --help`")),
-        }
+    let a = parse("serve", rest, &["shared", "daemon"], &["dir"], false);
+    if let Some(extra) = a.rest.first() {
+        die(&format!("serve: unexpected argument {extra}; see `shmshim serve --help`"));
     }
-    let dir = dir.unwrap_or_else(|| shmshim_core::config::get().dir.clone());
-    server::serve(server::Options { dir, shared, auto })
+    let dir = a.value("dir").map(PathBuf::from).unwrap_or_else(|| shmshim_core::config::get().dir.clone());
+    server::serve(server::Options { dir, shared: a.has("shared"), auto: a.has("daemon") })
 }
 
 fn parse_errno(s: &str) -> i32 {
@@ -422,25 +468,10 @@ fn parse_errno(s: &str) -> i32 {
 }
 
 fn cmd_sandbox(rest: &[String]) -> ! {
-    let mut shim = false;
-    let mut errno = libc::ENOSYS;
-    let mut i = 0;
-    while i < rest.len() {
-        match rest[i].as_str() {
-            "--shim" => shim = true,
-            "--errno" => {
-                i += 1;
-                errno = parse_errno(rest.get(i).map(|s| s.as_str()).unwrap_or_else(|| die("--errno needs a value")));
-            }
-            "--" => {
-                i += 1;
-                break;
-            }
-            _ => break,
-        }
-        i += 1;
-    }
-    let prog = &rest[i.min(rest.len())..];
+    let a = parse("sandbox", rest, &["shim"], &["errno"], true);
+    let shim = a.has("shim");
+    let errno = a.value("errno").map(parse_errno).unwrap_or(libc::ENOSYS);
+    let prog = &a.rest;
     if prog.is_empty() {
         die("sandbox: no PROGRAM; see `shmshim sandbox --help`");
     }
@@ -499,21 +530,10 @@ fn status_text(s: &std::process::ExitStatus) -> String {
 }
 
 fn cmd_compare(rest: &[String]) -> i32 {
-    use shmshim_core::compare::{first_difference, json_str, normalize};
-    let mut json = false;
-    let mut i = 0;
-    while i < rest.len() {
-        match rest[i].as_str() {
-            "--json" => json = true,
-            "--" => {
-                i += 1;
-                break;
-            }
-            _ => break,
-        }
-        i += 1;
-    }
-    let prog = &rest[i.min(rest.len())..];
+    use shmshim_core::compare::{first_difference, normalize};
+    let a = parse("compare", rest, &["json"], &[], true);
+    let json = a.has("json");
+    let prog = &a.rest;
     if prog.is_empty() {
         die("compare: no PROGRAM; see `shmshim compare --help`");
     }
@@ -544,22 +564,10 @@ fn cmd_compare(rest: &[String]) -> i32 {
     let diff = first_difference(&a, &b);
     let same = diff.is_none() && sa == sb;
     if json {
-        let list = |v: &[String]| format!("[{}]", v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(", "));
-        let side = |n: &shmshim_core::compare::Normalized, st: &str| {
-            format!("{{\"status\": {}, \"processes\": {}, \"calls\": {}}}", json_str(st), n.processes.len(), n.calls())
-        };
-        let d = match &diff {
-            Some(d) => {
-                format!("{{\"process\": {}, \"call\": {}, \"native\": {}, \"shim\": {}}}", json_str(&d.process), d.index, list(&d.native), list(&d.shim))
-            }
-            None => "null".into(),
-        };
-        println!(
-            "{{\"identical\": {same}, \"native\": {}, \"shim\": {}, \"first_difference\": {d}, \"warning\": {}}}",
-            side(&a, &sa),
-            side(&b, &sb),
-            warning.as_deref().map(json_str).unwrap_or_else(|| "null".into())
-        );
+        let side = |n: &shmshim_core::compare::Normalized, st: &str| serde_json::json!({"status": st, "processes": n.processes.len(), "calls": n.calls()});
+        let d = diff.as_ref().map(|d| serde_json::json!({"process": d.process, "call": d.index, "native": d.native, "shim": d.shim}));
+        let doc = serde_json::json!({"identical": same, "native": side(&a, &sa), "shim": side(&b, &sb), "first_difference": d, "warning": warning});
+        println!("{doc}");
     } else if same {
         println!("identical ({} calls in {} processes; {sa})", a.calls(), a.processes.len());
     } else {
@@ -598,27 +606,19 @@ fn main() {
         exit(2)
     };
     let rest = &args[2..];
-    let wraps = matches!(cmd.as_str(), "run" | "sandbox" | "compare");
-    if !wraps && rest.iter().any(|a| a == "--help" || a == "-h") {
-        match command_help(cmd) {
-            Some(h) => {
-                print!("{h}");
-                exit(0)
-            }
-            None => die(&format!("unknown command {cmd:?}; see `shmshim --help`")),
-        }
-    }
-    if wraps && matches!(rest.first().map(|s| s.as_str()), Some("--help") | Some("-h")) {
-        print!("{}", command_help(cmd).unwrap_or_default());
-        exit(0)
-    }
     let code = match cmd.as_str() {
         "run" => cmd_run(rest),
         "ls" => cmd_ls(rest),
         "stat" => cmd_stat(rest),
-        "gc" => cmd_gc(),
+        "gc" => {
+            parse("gc", rest, &[], &[], false);
+            cmd_gc()
+        }
         "rm" => cmd_rm(rest),
-        "check" => cmd_check(),
+        "check" => {
+            parse("check", rest, &[], &[], false);
+            cmd_check()
+        }
         "demo-step" => demo_step(rest.first().map(|s| s.as_str()).unwrap_or("")),
         "serve" => cmd_serve(rest),
         "sandbox" => cmd_sandbox(rest),
