@@ -104,6 +104,16 @@ static pid_t att_pids[1024];
 static int n_att;
 static int att_pipe = -1;
 
+/* shmat + touch one byte + shmdt; returns the number of failed calls. */
+static long attach_touch_detach(int id)
+{
+    volatile unsigned char *p = shmat(id, NULL, 0);
+    if (p == (void *)-1)
+        return 1;
+    p[0]++;
+    return shmdt((const void *)p) != 0;
+}
+
 /* Each returns the number of failed calls. */
 static long run_op(int op, long iters)
 {
@@ -121,16 +131,8 @@ static long run_op(int op, long iters)
                 err++;
         break;
     case OP_ATTACH:
-        for (long i = 0; i < iters; i++) {
-            volatile unsigned char *p = shmat(main_id, NULL, 0);
-            if (p == (void *)-1) {
-                err++;
-                continue;
-            }
-            p[0]++;
-            if (shmdt((const void *)p) != 0)
-                err++;
-        }
+        for (long i = 0; i < iters; i++)
+            err += attach_touch_detach(main_id);
         break;
     case OP_CREATE:
         for (long i = 0; i < iters; i++) {
@@ -152,15 +154,7 @@ static long run_op(int op, long iters)
     case OP_ROTATE:
         for (long i = 0; i < iters; i++) {
             long k = rot_i++ % rot_w;
-            int id = k == 0 ? main_id : extra_ids[k - 1];
-            volatile unsigned char *p = shmat(id, NULL, 0);
-            if (p == (void *)-1) {
-                err++;
-                continue;
-            }
-            p[0]++;
-            if (shmdt((const void *)p) != 0)
-                err++;
+            err += attach_touch_detach(k == 0 ? main_id : extra_ids[k - 1]);
         }
         break;
     }

@@ -389,7 +389,7 @@ fn compare_reports_identical_runs_and_the_first_difference() {
     let o = cmp(&["--json", "--", probe, "rawfork", "0"]);
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
-    assert!(t.starts_with("{\"identical\": false,") && t.contains("\"first_difference\": {\"process\": \"pid#1\", \"call\": 2,"), "{t}");
+    assert!(t.starts_with("{\"identical\":false,") && t.contains("\"first_difference\":{\"process\":\"pid#1\",\"call\":2,"), "{t}");
     // The exit status is compared and reported.
     let o = cmp(&["--", "sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
