@@ -1092,6 +1092,99 @@ pub fn vm_remapped(old: usize, old_len: usize, new_len: usize, op: impl FnOnce()
     Ok(new)
 }
 
+/// remap_file_pages(2) over an attach (S73): Linux emulates it with a new mapping
+/// of the segment over the range, and that mapping's open looks the segment up
+/// again after the old range is closed. So over the last attach of a removed
+/// segment the call destroys it and fails with EINVAL, leaving the range
+/// unmapped; otherwise the range is mapped anew at page `pgoff`. Ranges that are
+/// not an attach, and arguments the kernel refuses, go to `kernel`.
+pub fn remap_file_pages(start: usize, size: usize, prot: i32, pgoff: usize, flags: i32, kernel: impl FnOnce() -> SysResult<()>) -> SysResult<()> {
+    let Some(ns) = process::namespace_if_open() else { return kernel() };
+    let (start, size) = (start & !(PAGE - 1), size & !(PAGE - 1));
+    let _quiet = sys::block_signals();
+    let mut local = LOCAL.lock();
+    let hit = local.attaches.iter().find_map(|a| a.frags.iter().find(|f| f.addr <= start && start < f.end()).map(|f| (a.slot, a.serial, a.map_len, f.clone())));
+    let Some((slot, serial, map_len, frag)) = hit else {
+        drop(local);
+        return kernel();
+    };
+    let bad = prot != 0 || flags & !libc::MAP_NONBLOCK != 0 || size == 0 || start.checked_add(size).is_none_or(|end| end > frag.end());
+    if bad || pgoff.checked_mul(PAGE).is_none_or(|off| off.saturating_add(size) > map_len) {
+        drop(local);
+        return kernel();
+    }
+    // The old range goes first (shm_close: it may destroy a removed segment).
+    // SAFETY: the range is the program's attach, which this call replaces by
+    // definition; the shim keeps no reference into it.
+    unsafe { sys::munmap(start, size) }?;
+    let deltas = apply_local(&mut local, start, size, VmChange::Unmap);
+    book_local(&mut local, ns, deltas);
+    let s = ns.reg.slot(slot);
+    if !(s.is_used() && s.serial.get() == serial) {
+        return einval(); // the segment went with the range (shm_mmap finds no id)
+    }
+    let info = SegInfo {
+        slot,
+        serial,
+        ino: s.ino.get(),
+        map_len,
+        segsz: s.segsz.get() as usize,
+        noreserve: s.flags.get() & F_NORESERVE != 0,
+        server_fd: s.server_fd_of(ns.reg.header().server_gen.get(), serial),
+        file_len: if s.flags.get() & F_HUGETLB != 0 { 0 } else { s.segsz.get() },
+    };
+    let prot = (frag.flags & 7) as i32;
+    let (fd, _keep) = segment_fd(&mut local, ns, &info, prot & libc::PROT_WRITE == 0)?;
+    let mut mflags = libc::MAP_SHARED | libc::MAP_FIXED;
+    if info.noreserve {
+        mflags |= libc::MAP_NORESERVE;
+    }
+    // SAFETY: the range was the program's attach, unmapped just above; mapping
+    // the segment there again is what the call asks for.
+    unsafe { sys::mmap(start, size, prot, mflags, fd, (pgoff * PAGE) as i64) }?;
+    let new = Frag { addr: start, len: size, pgoff: pgoff * PAGE, flags: frag.flags };
+    // The new mapping joins a neighbour of the same attach that it continues (the
+    // kernel expands that VMA: no VMA is opened, nattch stays); else it is a VMA
+    // of its own.
+    let opened = match local.attaches.iter_mut().find(|a| a.serial == serial) {
+        Some(a) => {
+            let joined = join_neighbour(&mut a.frags, &new);
+            if !joined {
+                a.frags.push(new);
+                a.frags.sort_by_key(|f| f.addr);
+            }
+            rehint(a);
+            !joined
+        }
+        None => {
+            local.attaches.push(Attach { slot, serial, map_len, frags: vec![new] });
+            true
+        }
+    };
+    local.publish_count();
+    if opened {
+        book_local(&mut local, ns, vec![(slot, serial, 1, 0)]);
+    }
+    Ok(())
+}
+
+/// Extends the fragment that `new` continues (the one before it, else the one
+/// after it: a merge that would join both would delete a VMA, which shm VMAs
+/// never allow). True if one did.
+fn join_neighbour(frags: &mut [Frag], new: &Frag) -> bool {
+    if let Some(prev) = frags.iter_mut().find(|f| f.end() == new.addr && f.pgoff + f.len == new.pgoff && f.flags == new.flags) {
+        prev.len += new.len;
+        return true;
+    }
+    if let Some(next) = frags.iter_mut().find(|f| f.addr == new.end() && new.pgoff + new.len == f.pgoff && f.flags == new.flags) {
+        next.addr = new.addr;
+        next.pgoff = new.pgoff;
+        next.len += new.len;
+        return true;
+    }
+    false
+}
+
 // ----------------------------------------------------------------- shmctl
 
 /// Resident pages of a segment (SHM_INFO shm_rss): the memfd's allocated blocks,

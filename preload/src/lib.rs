@@ -3,12 +3,13 @@
 //! EINVAL (and a message on stderr).
 //!
 //! Besides the four SysV calls, shmshim interposes:
-//! - `munmap`, `mprotect`, `madvise`, `mremap`: to follow attach fragments
-//!   (S71–S74, S124); they forward to the kernel by raw syscall first;
+//! - `munmap`, `mprotect`, `madvise`, `mremap`, `remap_file_pages`: to follow
+//!   attach fragments (S71–S74, S124); they forward to the kernel by raw syscall;
 //! - `fork`, `_Fork`: so a child's inherited attaches count in nattch as soon as
 //!   fork returns (S118, S126);
 //! - `syscall`: `syscall(SYS_shmget, …)` and the other three reach the shim too
-//!   (S155); every other number passes through untouched;
+//!   (S155), as does `SYS_remap_file_pages`; every other number passes through
+//!   untouched;
 //! - the `open`/`fopen` family, for `/proc/sysvipc/shm` only: programs such as
 //!   `ipcs` read the shim's namespace in the kernel's format (S138–S140).
 //!
@@ -263,6 +264,23 @@ pub extern "C" fn mremap(old: *mut c_void, old_len: size_t, new_len: size_t, fla
     let op = || unsafe { sys::mremap(old as usize, old_len, new_len, flags, na) };
     let r = if tracking() { guarded(|| shm::vm_remapped(old as usize, old_len, new_len, op)) } else { op() };
     finish(r.map(|a| a as *mut c_void), libc::MAP_FAILED)
+}
+
+/// remap_file_pages(2) (deprecated, emulated by the kernel with mmap): over an
+/// attach it re-checks the segment, as the kernel's shm mapping does.
+#[no_mangle]
+pub extern "C" fn remap_file_pages(addr: *mut c_void, size: size_t, prot: c_int, pgoff: size_t, flags: c_int) -> c_int {
+    let kernel = || {
+        // SAFETY: the program's own remap_file_pages, forwarded unchanged.
+        let r = unsafe { sys::raw(libc::SYS_remap_file_pages, &[addr as usize, size, prot as usize, pgoff, flags as usize]) };
+        if r == -1 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    };
+    let r = if tracking() { guarded(|| shm::remap_file_pages(addr as usize, size, prot, pgoff, flags, kernel)) } else { kernel() };
+    raw_result(r)
 }
 
 // ------------------------------------------------------------ fork
@@ -575,6 +593,9 @@ pub extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_l
             libc::SYS_shmctl => shmctl(a1 as c_int, a2 as c_int, a3 as *mut c_void) as c_long,
             _ => shmdt(a1 as *const c_void) as c_long,
         };
+    }
+    if n == libc::SYS_remap_file_pages && !Reentry::active() && emulating() {
+        return remap_file_pages(a1 as *mut c_void, a2 as size_t, a3 as c_int, a4 as size_t, a5 as c_int) as c_long;
     }
     let cred_change = matches!(
         n,
