@@ -10,16 +10,6 @@
 static int id;
 static char *p;
 
-static void show(const char *s)
-{
-    struct shmid_ds d;
-    errno = 0;
-    if (shmctl(id, IPC_STAT, &d) == -1)
-        out("%s: IPC_STAT = -1 %s", s, errname(errno));
-    else
-        out("%s: nattch=%lu", s, (unsigned long)d.shm_nattch);
-}
-
 static int child(void *arg)
 {
     (void)arg;
@@ -38,7 +28,7 @@ int main(void)
     id = T("setup", shmget(IPC_PRIVATE, PAGE, 0600));
     p = A("setup", shmat(id, NULL, 0), NULL);
     char *q = A("setup", shmat(id, NULL, 0), NULL);
-    show("S126 two attaches");
+    show_nattch("S126 two attaches", id);
     fflush(stdout);
     pid_t c = clone(child, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
     if (c < 0) { out("FATAL clone %s", errname(errno)); return 1; }
@@ -46,9 +36,9 @@ int main(void)
     waitpid(c, &st, 0);
     out("S126 CLONE_VM child saw nattch=2: %s", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "yes" : "no");
     out("S126 child's write seen: %c", p[1] ? p[1] : '0');
-    show("S126 after the CLONE_VM child exited");
+    show_nattch("S126 after the CLONE_VM child exited", id);
     T("S126", shmdt(q));
-    show("S126 after the parent's shmdt");
+    show_nattch("S126 after the parent's shmdt", id);
     q = A("S126", shmat(id, NULL, 0), NULL);
     fflush(stdout);
     c = clone(child, stack + sizeof stack, CLONE_VM | SIGCHLD, q);
@@ -56,9 +46,9 @@ int main(void)
     name_pid(c, "clone-child");
     waitpid(c, &st, 0);
     out("S126 CLONE_VM child detached the parent's attach: %s", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "yes" : "no");
-    show("S126 after the child's shmdt");
+    show_nattch("S126 after the child's shmdt", id);
     T("S126", shmdt(p));
-    show("S126 after the last shmdt");
+    show_nattch("S126 after the last shmdt", id);
     T("S126", shmctl(id, IPC_RMID, NULL));
     return 0;
 }

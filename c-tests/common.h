@@ -331,6 +331,17 @@ static void probe_restore(void)
     signal(SIGBUS, SIG_DFL);
 }
 
+/* Prints "LABEL: nattch=N" (or the IPC_STAT error) for segment id. */
+__attribute__((unused)) static void show_nattch(const char *label, int id)
+{
+    struct shmid_ds d;
+    errno = 0;
+    if (shmctl(id, IPC_STAT, &d) == -1)
+        out("%s: IPC_STAT = -1 %s", label, errname(errno));
+    else
+        out("%s: nattch=%lu", label, (unsigned long)d.shm_nattch);
+}
+
 /* Returns "ok:<byte>" / "SIGSEGV" / "SIGBUS". */
 __attribute__((unused)) static const char *probe_read(const volatile char *p)
 {

@@ -8,16 +8,6 @@
  */
 #include "common.h"
 
-static void show(const char *s, int id)
-{
-    struct shmid_ds d;
-    errno = 0;
-    if (shmctl(id, IPC_STAT, &d) == -1)
-        out("%s: IPC_STAT = -1 %s", s, errname(errno));
-    else
-        out("%s: nattch=%lu", s, (unsigned long)d.shm_nattch);
-}
-
 static int remap(void *addr, size_t size, size_t pgoff)
 {
     errno = 0;
@@ -34,14 +24,14 @@ int main(void)
     int r = remap(p, 2 * PAGE, 0);
     out("S73 remap whole attach = %d %s", r, r ? errname(errno) : "");
     out("S73 data after remap: %c%c", p[0], p[PAGE]);
-    show("S73 after remap of the whole attach", id);
+    show_nattch("S73 after remap of the whole attach", id);
     r = remap(p, PAGE, 0);
     out("S73 remap first page = %d %s", r, r ? errname(errno) : "");
-    show("S73 after remap of one page", id);
+    show_nattch("S73 after remap of one page", id);
     out("S73 data: %c%c", p[0], p[PAGE]);
     r = remap(p, PAGE, 1); /* page 1 of the segment now also at p */
     out("S73 remap page 1 over page 0 = %d %s", r, r ? errname(errno) : "");
-    show("S73 after remap of page 1 over page 0", id);
+    show_nattch("S73 after remap of page 1 over page 0", id);
     out("S73 data: %c%c", p[0], p[PAGE]);
     r = remap(p, PAGE, 2);
     out("S73 remap beyond the segment = %d %s", r, r ? errname(errno) : "");
@@ -49,7 +39,7 @@ int main(void)
     r = (int)syscall(SYS_remap_file_pages, p, PAGE, PROT_READ, 0, 0);
     out("S73 remap with prot = %d %s", r, r ? errname(errno) : "");
     T("S73", shmdt(p));
-    show("S73 after shmdt", id);
+    show_nattch("S73 after shmdt", id);
 
     /* marked for removal, but another attach keeps it */
     char *q = A("S75", shmat(id, NULL, 0), NULL);
@@ -57,14 +47,14 @@ int main(void)
     T("S75", shmctl(id, IPC_RMID, NULL));
     r = remap(q, 2 * PAGE, 0);
     out("S75 remap with another attach = %d %s", r, r ? errname(errno) : "");
-    show("S75 after remap", id);
+    show_nattch("S75 after remap", id);
     T("S75", shmdt(q2));
-    show("S75 one attach left", id);
+    show_nattch("S75 one attach left", id);
     /* the last attach of a removed segment */
     errno = 0;
     r = remap_file_pages(q, 2 * PAGE, 0, 0, 0);
     out("S75 remap of the last attach = %d %s", r, r ? errname(errno) : "");
-    show("S75 after remap of the last attach", id);
+    show_nattch("S75 after remap of the last attach", id);
     out("S75 range after: %s", probe_read(q));
     errno = 0;
     r = shmdt(q);

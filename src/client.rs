@@ -200,7 +200,6 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
     let server_pidfd = (server_pid > 0).then(|| sys::pidfd_open(server_pid).ok().and_then(|fd| HeldFd::new(fd).ok())).flatten();
     local.conn = Some(Conn { sock, ep, death, server_gen: reply.c, server_pid, server_pidfd });
     local.me = Some(me);
-    crate::process::set_my_entry(Some(me));
     process::DEATHFD.store(death, Ordering::Release);
     publish_sock(local.conn.as_ref().map(|c| &c.sock));
     CONN_GEN.store(reply.c, Ordering::Release);
@@ -302,7 +301,6 @@ pub fn before_exec(ns: &Namespace) {
         // (on a connection of its own: ours would register us again).
         drop_conn(c, false);
         local.me = None;
-        process::set_my_entry(None);
         if let Ok(sock) = connect(ns) {
             sys::set_passcred(sock.as_raw_fd());
             let _ = roundtrip(sock.as_raw_fd(), &Msg::new(proto::SYNC), &[]);
@@ -609,7 +607,6 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             local.conn =
                 Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid, server_pidfd: p.server_pidfd });
             local.me = Some(c.me);
-            crate::process::set_my_entry(Some(c.me));
             if ns.reg.writable {
                 let g = ns.reg.lock();
                 let e = g.proc_entry(c.me.0);
@@ -623,7 +620,6 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
                 drop_conn(p, false);
             }
             local.me = None;
-            crate::process::set_my_entry(None);
         }
     }
     for a in local.attaches.iter_mut() {

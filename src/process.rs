@@ -177,8 +177,6 @@ pub struct Local {
 pub static LOCAL: FsMutex<Local> =
     FsMutex::new(Local { me: None, conn: None, pending: None, attaches: Vec::new(), fds: std::collections::BTreeMap::new(), epoch: 0, pid: 0 });
 
-/// This process's proc entry (usize::MAX: none), readable without LOCAL.
-static ME: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The shared epoll descriptor (-1: not connected), readable without LOCAL.
 pub static EPFD: AtomicI32 = AtomicI32::new(-1);
 /// This process's connection to the server (-1: none), for wake-ups sent without LOCAL.
@@ -200,15 +198,6 @@ pub fn same_process(pid: i32) -> bool {
 /// Records that `Local::pid` now names this process.
 pub fn mark_process() {
     FORK_TOKEN.arm();
-}
-
-pub fn my_entry() -> Option<usize> {
-    let v = ME.load(Ordering::Acquire);
-    (v != usize::MAX).then_some(v)
-}
-
-pub fn set_my_entry(me: Option<(usize, u32)>) {
-    ME.store(me.map(|m| m.0).unwrap_or(usize::MAX), Ordering::Release);
 }
 
 /// Number of fragments this process has: lets the munmap/mprotect hooks return at
