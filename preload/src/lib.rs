@@ -5,6 +5,8 @@
 //! Besides the four SysV calls, shmshim interposes:
 //! - `munmap`, `mprotect`, `madvise`, `mremap`, `remap_file_pages`: to follow
 //!   attach fragments (S71–S74, S124); they forward to the kernel by raw syscall;
+//! - the `exec` family (`execl`, `execlp` and `execle` through trampolines in
+//!   `varargs`): the registration ends before the new image runs (S121);
 //! - `fork`, `_Fork`: so a child's inherited attaches count in nattch as soon as
 //!   fork returns (S118, S126);
 //! - `syscall`: `syscall(SYS_shmget, …)` and the other three reach the shim too
@@ -52,6 +54,8 @@ use shmshim_core::shm::{self, VmChange};
 use shmshim_core::sys::{self, Errno, SysResult};
 use shmshim_core::trace;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod varargs;
 
 /// The next definition of an interposed libc function, looked up once.
 macro_rules! next_fn {
