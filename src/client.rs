@@ -191,7 +191,7 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
     if fds.len() < 2 {
         return Err(Errno(libc::ENOMEM));
     }
-    let death = crate::process::high_fd(fds.remove(1)).into_raw_fd();
+    let death = crate::sys::high_fd(fds.remove(1)).into_raw_fd();
     let ep = crate::process::beyond_limit_fd(fds.remove(0)).into_raw_fd();
     let me = (reply.a as usize, reply.b as u32);
     // The kernel translates the peer's pid into our pid namespace (0 if the server
@@ -295,7 +295,7 @@ pub fn before_exec(ns: &Namespace) {
         return;
     }
     if ns.reg.writable {
-        crate::shm::apply_death(&mut ns.reg.lock(), me.0, me.1);
+        crate::lifecycle::apply_death(&mut ns.reg.lock(), me.0, me.1);
     } else if let Some(c) = local.conn.take() {
         // Closing our end is the death the server applies; wait for it to have
         // (on a connection of its own: ours would register us again).
@@ -392,7 +392,7 @@ fn sync_epoll(ns: &Namespace) -> SysResult<()> {
         if ns.reg.writable {
             let mut g = ns.reg.lock();
             for (e, gen) in deaths {
-                crate::shm::apply_death(&mut g, e, gen);
+                crate::lifecycle::apply_death(&mut g, e, gen);
             }
         } else {
             // A shared namespace's server applies them; wait for it to have.
@@ -435,22 +435,6 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
         Ok(_) | Err(Errno(libc::ETIMEDOUT)) => Ok(()),
         Err(e) => Err(unavailable(e)),
     }
-}
-
-/// Sends a message that needs no reply: best effort, never waits, needs no lock
-/// (the connection's number is published in `SOCKFD`).
-pub fn notify(m: &Msg) {
-    let fd = process::SOCKFD.load(Ordering::Acquire);
-    let ino = process::SOCKINO.load(Ordering::Acquire);
-    // The number may be the program's now, if it closed ours.
-    if fd >= 0 && matches!(sys::fstat(fd), Ok(st) if st.st_ino == ino) {
-        let _ = sys::send_with_fds(fd, &m.bytes(), &[], libc::MSG_DONTWAIT);
-    }
-}
-
-/// Wakes the server: a removed segment's memory is to be released now.
-pub fn wake_server() {
-    notify(&Msg::new(proto::REFILL));
 }
 
 /// A request on this process's connection.
@@ -558,7 +542,7 @@ pub fn register_child(local: &mut Local, ns: &Namespace) -> SysResult<Child> {
     // killed at any point leaves nothing counted that nobody watches (an empty
     // entry of a dead pid is freed by the server).
     let me = ns.reg.lock().claim_proc(pid, 0)?;
-    let undo = |ns: &Namespace| crate::shm::apply_death(&mut ns.reg.lock(), me.0, me.1);
+    let undo = |ns: &Namespace| crate::lifecycle::apply_death(&mut ns.reg.lock(), me.0, me.1);
     let mut m = Msg::new(proto::ADOPT);
     (m.a, m.b) = (me.0 as u64, me.1 as u64);
     let watched = sys::epoll_add(conn.ep, theirs.as_raw_fd(), libc::EPOLLRDHUP as u32, proto::ev_data(proto::EV_CONN, me.0, me.1)).is_ok()
@@ -571,7 +555,7 @@ pub fn register_child(local: &mut Local, ns: &Namespace) -> SysResult<Child> {
     {
         let mut g = ns.reg.lock();
         for a in &local.attaches {
-            crate::shm::shm_open_frags(&mut g, me.0, a.slot, a.serial, a.inherited(), pid);
+            crate::lifecycle::shm_open_frags(&mut g, me.0, a.slot, a.serial, a.inherited(), pid);
         }
     }
     Ok(Child { sock, me })
@@ -641,8 +625,19 @@ pub fn after_fork(ns: &Namespace, child: Option<Child>, pid: i32) {
                 e.pid.set(pid);
             }
         } else {
-            crate::shm::apply_death(&mut g, c.me.0, c.me.1);
+            crate::lifecycle::apply_death(&mut g, c.me.0, c.me.1);
         }
     }
     drop(c.sock);
+}
+
+/// Opens the namespace and connects to its server now, while this process can
+/// still reach the namespace directory: before a uid change or a chroot (their
+/// hooks call this), so the process keeps its namespace whatever it does later.
+pub fn prepare() {
+    let _r = process::Reentry::enter();
+    if let Ok(ns) = process::namespace() {
+        let mut local = LOCAL.lock();
+        let _ = ensure_conn(&mut local, ns);
+    }
 }

@@ -119,33 +119,35 @@ pub fn host_limits() -> crate::registry::Limits {
     }
 }
 
-static EMULATING: OnceCell<bool> = OnceCell::new();
+static EMULATING: OnceCell<(bool, &str)> = OnceCell::new();
 
 /// Makes this process pass every call to the kernel, whatever SHMSHIM_MODE says:
 /// for the `shmshim` binary itself (the server above all), which the library
 /// reaches when it is preloaded system-wide (`/etc/ld.so.preload`) and must not
 /// serve. Takes effect if called before the first `emulating`.
 pub fn stand_aside() {
-    let _ = EMULATING.set(false);
+    let _ = EMULATING.set((false, "the shmshim binary stands aside"));
 }
 
 /// Whether this process emulates SysV shm (decided once). `auto` probes the kernel
 /// with a side-effect-free IPC_INFO by raw syscall: working SysV IPC means native;
 /// ENOSYS or EPERM (seccomp, no CONFIG_SYSVIPC) means emulate.
 pub fn emulating() -> bool {
-    *EMULATING.get_or_init(|| {
-        let (on, why) = match get().mode {
-            Mode::Emulate => (true, "SHMSHIM_MODE=emulate"),
-            Mode::Native => (false, "SHMSHIM_MODE=native"),
-            Mode::Auto => {
-                let mut buf = [0u64; 16];
-                match crate::sys::raw_shmctl(0, 3, buf.as_mut_ptr() as usize) {
-                    Err(crate::sys::Errno(libc::ENOSYS)) | Err(crate::sys::Errno(libc::EPERM)) => (true, "auto: the kernel's SysV shm is unavailable"),
-                    _ => (false, "auto: the kernel's SysV shm works"),
-                }
+    decision().0
+}
+
+/// The mode decision and its reason, for the log (`log` writes it as its first
+/// line).
+pub fn decision() -> (bool, &'static str) {
+    *EMULATING.get_or_init(|| match get().mode {
+        Mode::Emulate => (true, "SHMSHIM_MODE=emulate"),
+        Mode::Native => (false, "SHMSHIM_MODE=native"),
+        Mode::Auto => {
+            let mut buf = [0u64; 16];
+            match crate::sys::raw_shmctl(0, 3, buf.as_mut_ptr() as usize) {
+                Err(crate::sys::Errno(libc::ENOSYS)) | Err(crate::sys::Errno(libc::EPERM)) => (true, "auto: the kernel's SysV shm is unavailable"),
+                _ => (false, "auto: the kernel's SysV shm works"),
             }
-        };
-        crate::log::write_line(&format!("shmshim[{}]: mode {} ({why})\n", crate::sys::getpid(), if on { "emulate" } else { "native" }));
-        on
+        }
     })
 }

@@ -2,7 +2,30 @@
 //! attach's VMAs, as the kernel does for shm mappings (SEMANTICS S71–S74, S124).
 //! Pure functions over `Frag` lists, no system calls.
 
-use crate::process::Frag;
+/// Fragment flag: MADV_DONTFORK (VM_DONTCOPY), not inherited by fork (S124).
+pub const FL_DONTFORK: u32 = 1 << 8;
+/// Fragment flag: MADV_DONTDUMP (VM_DONTDUMP).
+pub const FL_DONTDUMP: u32 = 1 << 9;
+
+/// One mapping fragment (a VMA of an attach). `pgoff` is the byte offset in the
+/// segment of `addr`; `flags` holds the PROT_* bits and FL_* flags, which decide
+/// whether neighbouring fragments may merge (S72).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frag {
+    pub addr: usize,
+    pub len: usize,
+    pub pgoff: usize,
+    pub flags: u32,
+}
+
+impl Frag {
+    pub fn end(&self) -> usize {
+        self.addr + self.len
+    }
+    pub fn dontfork(&self) -> bool {
+        self.flags & FL_DONTFORK != 0
+    }
+}
 
 /// What a memory-management call did to the address space, for fragment tracking.
 #[derive(Clone, Copy, Debug)]
@@ -151,9 +174,9 @@ mod tests {
     #[test]
     fn s124_dontfork_flag_is_set_and_cleared() {
         let mut v = vec![f(0, P, 0, 3)];
-        apply_frags(&mut v, 0, P, VmChange::Flag(crate::process::FL_DONTFORK, true));
+        apply_frags(&mut v, 0, P, VmChange::Flag(FL_DONTFORK, true));
         assert!(v[0].dontfork());
-        apply_frags(&mut v, 0, P, VmChange::Flag(crate::process::FL_DONTFORK, false));
+        apply_frags(&mut v, 0, P, VmChange::Flag(FL_DONTFORK, false));
         assert!(!v[0].dontfork());
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod creds;
 pub mod frags;
 pub mod fsmutex;
+pub mod lifecycle;
 pub mod log;
 pub mod process;
 pub mod proto;

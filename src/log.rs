@@ -15,14 +15,21 @@ enum Sink {
 static SINK: OnceCell<Sink> = OnceCell::new();
 
 fn sink() -> &'static Sink {
-    SINK.get_or_init(|| match crate::config::get().log.as_deref() {
-        None => Sink::Off,
-        Some("1") | Some("stderr") | Some("yes") | Some("true") => Sink::Stderr,
-        Some(path) => std::ffi::CString::new(path)
-            .ok()
-            .and_then(|p| sys::open(&p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644).ok())
-            .map(|fd| Sink::File(crate::process::high_fd(fd)))
-            .unwrap_or(Sink::Stderr),
+    SINK.get_or_init(|| {
+        let sink = match crate::config::get().log.as_deref() {
+            None => Sink::Off,
+            Some("1") | Some("stderr") | Some("yes") | Some("true") => Sink::Stderr,
+            Some(path) => std::ffi::CString::new(path)
+                .ok()
+                .and_then(|p| sys::open(&p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644).ok())
+                .map(|fd| Sink::File(sys::high_fd(fd)))
+                .unwrap_or(Sink::Stderr),
+        };
+        // The first line says how this process decided between the kernel and
+        // the shim.
+        let (on, why) = crate::config::decision();
+        write_to(&sink, &format!("shmshim[{}]: mode {} ({why})\n", sys::getpid(), if on { "emulate" } else { "native" }));
+        sink
     })
 }
 
@@ -45,12 +52,14 @@ pub fn call(what: impl FnOnce() -> String, r: Result<i64, Errno>) {
 }
 
 pub fn write_line(line: &str) {
-    let fd = match sink() {
+    write_to(sink(), line);
+}
+
+fn write_to(sink: &Sink, line: &str) {
+    let fd = match sink {
         Sink::Off => return,
         Sink::Stderr => 2,
         Sink::File(f) => f.as_raw_fd(),
     };
-    // SAFETY: writes a valid byte buffer to a descriptor; a short or failed write
-    // only loses a log line.
-    unsafe { libc::write(fd, line.as_ptr() as *const _, line.len()) };
+    let _ = sys::write_all(fd, line.as_bytes());
 }

@@ -21,30 +21,7 @@ pub const FD_CACHE: usize = 32;
 /// reopening it, at no cost to the descriptors the program may open itself.
 pub const FD_CACHE_ABOVE: u64 = 16384;
 
-/// Fragment flag: MADV_DONTFORK (VM_DONTCOPY), not inherited by fork (S124).
-pub const FL_DONTFORK: u32 = 1 << 8;
-/// Fragment flag: MADV_DONTDUMP (VM_DONTDUMP).
-pub const FL_DONTDUMP: u32 = 1 << 9;
-
-/// One mapping fragment (a VMA of an attach). `pgoff` is the byte offset in the
-/// segment of `addr`; `flags` holds the PROT_* bits and FL_* flags, which decide
-/// whether neighbouring fragments may merge (S72).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frag {
-    pub addr: usize,
-    pub len: usize,
-    pub pgoff: usize,
-    pub flags: u32,
-}
-
-impl Frag {
-    pub fn end(&self) -> usize {
-        self.addr + self.len
-    }
-    pub fn dontfork(&self) -> bool {
-        self.flags & FL_DONTFORK != 0
-    }
-}
+pub use crate::frags::{Frag, FL_DONTDUMP, FL_DONTFORK};
 
 /// One shmat: the kernel's per-attach `struct file`.
 #[derive(Clone, Debug)]
@@ -336,17 +313,6 @@ pub fn namespace_if_open() -> Option<&'static Namespace> {
     NAMESPACE.get()
 }
 
-/// Opens the namespace and connects to its server now, while this process can
-/// still reach the namespace directory: before a uid change or a chroot (their
-/// hooks call this), so the process keeps its namespace whatever it does later.
-pub fn prepare() {
-    let _r = Reentry::enter();
-    if let Ok(ns) = namespace() {
-        let mut local = LOCAL.lock();
-        let _ = crate::client::ensure_conn(&mut local, ns);
-    }
-}
-
 /// Moves a descriptor out of reach of daemons' "close every descriptor" loops,
 /// since closing it would make the process look dead to everyone else: to the soft
 /// RLIMIT_NOFILE itself where the hard limit leaves room (loops run up to
@@ -404,11 +370,7 @@ pub fn above_limit_fd(fd: OwnedFd) -> Result<OwnedFd, OwnedFd> {
     r.map_err(|_| fd)
 }
 
-/// Moves a descriptor to a high number, away from the low numbers programs manage
-/// themselves (closing "all" fds from 3 up, dup2 onto 0–2).
-pub fn high_fd(fd: OwnedFd) -> OwnedFd {
-    sys::dup_at_least(fd.as_raw_fd(), 200).unwrap_or(fd)
-}
+pub use crate::sys::high_fd;
 
 /// Takes ownership of a raw descriptor number this process chose to keep.
 ///
@@ -524,6 +486,22 @@ pub fn start_time(pid: i32) -> u64 {
             rest.split_whitespace().nth(19)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// Sends a message that needs no reply: best effort, never waits, needs no lock
+/// (the connection's number is published in `SOCKFD`).
+pub fn notify(m: &crate::proto::Msg) {
+    let fd = SOCKFD.load(Ordering::Acquire);
+    let ino = SOCKINO.load(Ordering::Acquire);
+    // The number may be the program's now, if it closed ours.
+    if fd >= 0 && matches!(sys::fstat(fd), Ok(st) if st.st_ino == ino) {
+        let _ = sys::send_with_fds(fd, &m.bytes(), &[], libc::MSG_DONTWAIT);
+    }
+}
+
+/// Wakes the server: a removed segment's memory is to be released now.
+pub fn wake_server() {
+    notify(&crate::proto::Msg::new(crate::proto::REFILL));
 }
 
 #[cfg(test)]

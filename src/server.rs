@@ -44,9 +44,10 @@
 //!   the death without waiting for the process may read the namespace as it was.
 
 use crate::creds::Creds;
+use crate::lifecycle::{self, GetParams, Holder};
 use crate::proto::{self, Msg};
 use crate::registry::{Registry, SLOT_USED};
-use crate::shm::{self, GetParams, Holder};
+use crate::shm;
 use crate::sys::{self, Errno, SysResult};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -418,7 +419,7 @@ impl Server {
         let found: Vec<(usize, u64, Option<OwnedFd>)> = slots.iter().map(|&(i, serial, ino)| (i, serial, recover_fd(&pids, ino))).collect();
         let mut g = self.reg.lock();
         for (p, gen) in dead {
-            shm::apply_death(&mut g, p, gen);
+            lifecycle::apply_death(&mut g, p, gen);
         }
         for (p, gen, _pid, pidfd, inodes) in alive {
             // Records of segments the process no longer maps (it exec'd): gone.
@@ -427,7 +428,7 @@ impl Server {
                 if !inodes.contains(&g.slot(slot).ino.get()) {
                     let serial = g.slot(slot).serial.get();
                     let pid = g.proc_entry(p).pid.get();
-                    shm::shm_close_frags(&mut g, p, slot, serial, n, pid);
+                    lifecycle::shm_close_frags(&mut g, p, slot, serial, n, pid);
                 }
             }
             let n = pidfd.as_raw_fd();
@@ -451,7 +452,7 @@ impl Server {
                 }
                 // Nobody has its memory: the segment is gone whole, as after a
                 // reboot (no id that shmget finds and shmat refuses).
-                None => shm::shm_destroy(&mut g, i),
+                None => lifecycle::shm_destroy(&mut g, i),
             }
         }
         self.seen_epoch = g.hdr().destroy_epoch.atomic().load(Ordering::Acquire);
@@ -618,7 +619,7 @@ impl Server {
         }
         self.watches.remove(&me);
         let mut g = self.reg.lock();
-        shm::apply_death(&mut g, me.0, me.1);
+        lifecycle::apply_death(&mut g, me.0, me.1);
     }
 
     fn close_conn(&mut self, fd: RawFd) {
@@ -630,7 +631,7 @@ impl Server {
                 // the death is applied first (the kernel may not have reported it
                 // there yet).
                 let mut g = self.reg.lock();
-                shm::apply_death(&mut g, p, gen);
+                lifecycle::apply_death(&mut g, p, gen);
             }
         }
     }
@@ -812,7 +813,7 @@ impl Server {
         for (slot, serial, n) in recs {
             // Only what the parent has may be inherited.
             if n > 0 && g.rec_count(parent.0, slot) >= n && g.slot(slot).serial.get() == serial {
-                shm::shm_open_frags(&mut g, me.0, slot, serial, n, cred.pid);
+                lifecycle::shm_open_frags(&mut g, me.0, slot, serial, n, cred.pid);
             }
         }
         drop(g);
@@ -946,7 +947,7 @@ impl Server {
             proto::SHMAT => {
                 let me = me.ok_or(Errno(libc::EINVAL))?;
                 let mut g = self.reg.lock();
-                let info = shm::shmat_hold(&mut g, &mut creds, me.0, m.a as u32 as i32, m.b as i32)?;
+                let info = lifecycle::shmat_hold(&mut g, &mut creds, me.0, m.a as u32 as i32, m.b as i32)?;
                 drop(g);
                 let write = m.b as i32 & 0o222 != 0;
                 let fd = self.held(info.slot, info.serial).ok_or(Errno(libc::EIDRM)).and_then(|fd| self.hand_out(fd, write));
@@ -954,7 +955,7 @@ impl Server {
                     Ok(fd) => fd,
                     Err(e) => {
                         let mut g = self.reg.lock();
-                        shm::shmat_done(&mut g, me.0, info.slot, info.serial, false, cred.pid);
+                        lifecycle::shmat_done(&mut g, me.0, info.slot, info.serial, false, cred.pid);
                         return Err(e);
                     }
                 };
@@ -966,7 +967,7 @@ impl Server {
                 let mut g = self.reg.lock();
                 // Only a hold this participant has can be completed or dropped.
                 if g.rec_count(me.0, m.a as usize) > 0 {
-                    shm::shmat_done(&mut g, me.0, m.a as usize, m.b, m.c != 0, cred.pid);
+                    lifecycle::shmat_done(&mut g, me.0, m.a as usize, m.b, m.c != 0, cred.pid);
                 }
                 Ok((r, Vec::new()))
             }
@@ -979,7 +980,7 @@ impl Server {
                 // vm.max_map_count VMAs), closes of fragments it has.
                 let opens = if have > 0 { (m.c as u32).min(MAX_MAP_COUNT.saturating_sub(have)) } else { 0 };
                 let closes = (m.d as u32).min(have + opens);
-                shm::book(&mut g, me.0, slot, serial, opens, closes, cred.pid);
+                lifecycle::book(&mut g, me.0, slot, serial, opens, closes, cred.pid);
                 Ok((r, Vec::new()))
             }
             proto::SHMCTL => {
@@ -995,7 +996,7 @@ impl Server {
                         .map(|st| st.st_blocks as u64 * 512 / 4096)
                         .unwrap_or(0)
                 };
-                let (ret, out) = shm::shmctl_locked(&mut g, &mut creds, m.a as u32 as i32, m.b as u32 as i32, &setbuf, &rss)?;
+                let (ret, out) = lifecycle::shmctl_locked(&mut g, &mut creds, m.a as u32 as i32, m.b as u32 as i32, &setbuf, &rss)?;
                 r.a = ret as u32 as u64;
                 if let Some((bytes, len)) = out {
                     r.data = bytes;
@@ -1012,15 +1013,15 @@ impl Server {
         let mut g = self.reg.lock();
         if p.key != 0 {
             match g.find_key(p.key) {
-                Some(slot) => return shm::lookup_checks(&g, creds, slot, p),
+                Some(slot) => return lifecycle::lookup_checks(&g, creds, slot, p),
                 None if p.flg & shm::IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
                 None => {}
             }
         }
-        let plan = shm::newseg_plan(&g, creds, p)?;
+        let plan = lifecycle::newseg_plan(&g, creds, p)?;
         let (fd, ino) = self.new_memfd(plan.mfd_flags, plan.file_len)?;
         let n = fd.as_raw_fd();
-        let (id, _, serial) = shm::newseg_publish(&mut g, creds, p, &plan, ino, Holder::Server { fd: n, gen: self.gen })?;
+        let (id, _, serial) = lifecycle::newseg_publish(&mut g, creds, p, &plan, ino, Holder::Server { fd: n, gen: self.gen })?;
         self.fds.insert(n, fd);
         self.by_serial.insert(serial, n);
         Ok(id)
@@ -1216,7 +1217,7 @@ impl Server {
             .collect();
         for &(p, gen) in &unwatched {
             if self.unwatched.contains(&(p, gen)) {
-                shm::apply_death(g, p, gen);
+                lifecycle::apply_death(g, p, gen);
             }
         }
         self.unwatched = unwatched;

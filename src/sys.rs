@@ -1195,3 +1195,9 @@ impl Drop for SigBlock {
         }
     }
 }
+
+/// Moves a descriptor to a high number, away from the low numbers programs manage
+/// themselves (closing "all" fds from 3 up, dup2 onto 0–2).
+pub fn high_fd(fd: OwnedFd) -> OwnedFd {
+    dup_at_least(fd.as_raw_fd(), 200).unwrap_or(fd)
+}

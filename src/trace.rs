@@ -24,7 +24,7 @@ fn sink() -> Option<&'static OwnedFd> {
     SINK.get_or_init(|| {
         let path = crate::config::get().trace.as_deref()?;
         let p = std::ffi::CString::new(path).ok()?;
-        sys::open(&p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o644).ok().map(crate::process::high_fd)
+        sys::open(&p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o644).ok().map(crate::sys::high_fd)
     })
     .as_ref()
 }

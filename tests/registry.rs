@@ -1,12 +1,12 @@
 //! Tests of the registry and the lifecycle steps that run on it: id allocation
 //! (docs/SEMANTICS.md S7–S12), the key index, attach records and nattch, repair
 //! after a crash, refusal of foreign files, and allocation before use. Segments
-//! are created and destroyed by the real `shm::newseg_plan`/`newseg_publish` and
-//! `shm::shm_destroy`.
+//! are created and destroyed by the real `lifecycle::newseg_plan`/`newseg_publish` and
+//! `lifecycle::shm_destroy`.
 
 use shmshim_core::creds::Creds;
+use shmshim_core::lifecycle::{self, GetParams, Holder};
 use shmshim_core::registry::*;
-use shmshim_core::shm::{self, GetParams, Holder};
 use std::path::PathBuf;
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -22,13 +22,13 @@ const LIMITS: Limits = Limits { shmmax: u64::MAX - (1 << 24), shmall: u64::MAX -
 fn create(g: &mut RegGuard, key: i32, pages: u64) -> i32 {
     let p = GetParams { key, size: pages as usize * 4096, flg: 0o1600 };
     let mut creds = Creds::current();
-    let plan = shm::newseg_plan(g, &mut creds, &p).expect("plan");
-    shm::newseg_publish(g, &mut creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }).expect("publish").0
+    let plan = lifecycle::newseg_plan(g, &mut creds, &p).expect("plan");
+    lifecycle::newseg_publish(g, &mut creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }).expect("publish").0
 }
 
 fn remove(g: &mut RegGuard, id: i32) {
     let idx = g.slot_of_id(id).expect("live id");
-    shm::shm_destroy(g, idx);
+    lifecycle::shm_destroy(g, idx);
 }
 
 #[test]
@@ -327,8 +327,8 @@ fn a_full_filesystem_fails_the_call_that_needs_space_never_a_later_access() {
         for _ in 0..32768 {
             let p = GetParams { key: 0, size: 4096, flg: 0o1600 };
             let mut creds = Creds::current();
-            let plan = shm::newseg_plan(&g, &mut creds, &p).unwrap();
-            match shm::newseg_publish(&mut g, &mut creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }) {
+            let plan = lifecycle::newseg_plan(&g, &mut creds, &p).unwrap();
+            match lifecycle::newseg_publish(&mut g, &mut creds, &p, &plan, 0, Holder::Server { fd: -1, gen: 0 }) {
                 Ok(_) => created += 1,
                 Err(e) => {
                     err = Some(e);

@@ -768,7 +768,7 @@ macro_rules! cred_hook {
 /// still reach the namespace directory.
 fn before_credential_change() {
     if emulating() && !Reentry::active() {
-        process::prepare();
+        client::prepare();
     }
 }
 
