@@ -16,6 +16,10 @@ macro_rules! cell {
         pub struct $name($atomic);
 
         impl $name {
+            /// Zero: what a never-written part of a shared file holds. An
+            /// initialiser: each use is a fresh cell, as intended.
+            #[allow(clippy::declare_interior_mutable_const)]
+            pub const ZERO: Self = Self(<$atomic>::new(0));
             #[inline]
             pub fn get(&self) -> $t {
                 self.0.load(Relaxed)

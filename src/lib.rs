@@ -19,6 +19,7 @@ pub mod process;
 pub mod proto;
 pub mod registry;
 pub mod server;
+pub mod shared;
 pub mod shm;
 pub mod sys;
 pub mod trace;

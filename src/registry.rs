@@ -20,10 +20,13 @@
 //!
 //! # Soundness
 //!
-//! Every shared field is a [`crate::cell`] atomic, so the references this module
-//! hands out are references to atomics. The mutex is reached only through a raw
-//! pointer. Mutation goes through a [`RegGuard`], whose mutating methods take
-//! `&mut self`.
+//! Every shared field is a [`crate::cell`] atomic or a [`RawMutex`] (an
+//! `UnsafeCell` reached only through pthread calls): the structs are declared with
+//! [`shared_struct!`], which proves that, so the references this module hands out
+//! never cover a byte another process could write behind Rust's back. The mapping
+//! and the mutex calls are in `shared.rs`; this module has no `unsafe` but the
+//! mutexes' initialisation in a file nobody else has opened. Holding the lock is a
+//! [`RegGuard`], whose mutating methods take `&mut self`.
 //!
 //! # The lock and the sequence counter
 //!
@@ -46,8 +49,9 @@
 //! - Limits live in the header and apply to every process of the namespace.
 
 use crate::cell::{I32, I64, U32, U64};
+use crate::shared::{shared_struct, Locked, RawMutex, SharedMap};
 use crate::sys::{self, Errno, SysResult};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
 
@@ -58,21 +62,22 @@ pub const LAYOUT_VERSION: u32 = 5;
 /// no message to the server (see `server`).
 pub const POOL_SIZE: usize = 256;
 
-/// One pooled memfd, shared lock-free between the server and creators:
-/// - `fd` > 0: available, the server's descriptor number; the server stores `ino`
-///   first, then `fd`;
-/// - a creator claims it by compare-and-swap of `fd` to `-fd`, opens it, and on
-///   success stores its segment's serial in `taken` (or, on failure, puts `fd`
-///   back);
-/// - the server files entries with `fd` < 0 and `taken` != 0 under that serial and
-///   empties them (`taken` = 0, then `fd` = 0); a claim with `taken` = 0 that
-///   outlives a sweep under the registry lock was abandoned and is restored.
-#[repr(C)]
-pub struct PoolEntry {
-    pub fd: AtomicI32,
-    _pad: u32,
-    pub ino: AtomicU64,
-    pub taken: AtomicU64,
+shared_struct! {
+    /// One pooled memfd, shared lock-free between the server and creators:
+    /// - `fd` > 0: available, the server's descriptor number; the server stores `ino`
+    ///   first, then `fd`;
+    /// - a creator claims it by compare-and-swap of `fd` to `-fd`, opens it, and on
+    ///   success stores its segment's serial in `taken` (or, on failure, puts `fd`
+    ///   back);
+    /// - the server files entries with `fd` < 0 and `taken` != 0 under that serial and
+    ///   empties them (`taken` = 0, then `fd` = 0); a claim with `taken` = 0 that
+    ///   outlives a sweep under the registry lock was abandoned and is restored.
+    pub struct PoolEntry {
+        pub fd: AtomicI32,
+        _pad: U32,
+        pub ino: AtomicU64,
+        pub taken: AtomicU64,
+    }
 }
 
 /// How many recent destructions the header remembers (`destroyed`).
@@ -103,169 +108,172 @@ pub const NIL: u32 = u32::MAX;
 pub const SHM_DEST: u32 = 0o1000;
 pub const SHM_LOCKED: u32 = 0o2000;
 
-/// Registry header. Guarded by the lock unless marked otherwise.
-#[repr(C)]
-pub struct Header {
-    /// Constant after creation.
-    pub magic: U64,
-    /// Constant after creation.
-    pub version: U32,
-    /// Constant after creation: size_of::<Slot>() etc, to refuse foreign layouts.
-    pub slot_size: U32,
-    pub proc_size: U32,
-    pub rec_size: U32,
-    /// Constant after creation.
-    pub file_size: U64,
-    /// Constant after creation: 1 for a shared (multi-user) namespace, whose only
-    /// writer is its server.
-    pub shared: U32,
-    _pad0: [u32; 7],
-    /// The registry lock itself (offset 64); reached only through a raw pointer.
-    mutex: libc::pthread_mutex_t,
-    _pad1: [u8; 128 - 64 - std::mem::size_of::<libc::pthread_mutex_t>()],
-    /// Atomic: odd while a writer holds the lock (see the module comment).
-    pub seq: U64,
-    /// Limits in force (S133): shmmax in bytes, shmall in pages, shmmni in segments.
-    pub shmmax: U64,
-    pub shmall: U64,
-    pub shmmni: U64,
-    /// Id allocator state (S10, S11): last index handed out, current seq, and the
-    /// idr cursor (last index + 1).
-    pub last_idx: I32,
-    pub idr_seq: U32,
-    pub idr_next: U32,
-    /// Derived: number of USED slots (S37, SHM_INFO used_ids).
-    pub in_use: U32,
-    /// Derived: sum of pages of USED slots (S38, SHM_INFO shm_tot).
-    pub shm_tot: U64,
-    /// Derived: highest USED index, or -1.
-    pub max_idx: I32,
-    _pad2: u32,
-    /// Source of `Slot::serial`; never reused.
-    pub next_serial: U64,
-    /// High-water marks: entries at or above these were never used and count as
-    /// empty. Primary data (never lowered).
-    pub slot_hwm: U32,
-    pub proc_hwm: U32,
-    pub rec_hwm: U32,
-    /// Derived: head of the free record list.
-    pub rec_free: U32,
-    /// Entries below these are allocated on the filesystem (see the module comment).
-    pub slots_backed: U32,
-    pub procs_backed: U32,
-    pub recs_backed: U32,
-    /// Hint for the next proc entry to try.
-    pub proc_hint: U32,
-    /// Atomic (written under the lock): number of destructions so far.
-    pub destroy_epoch: U64,
-    /// Atomic, written by the server: its pid (0 = none).
-    pub server_pid: I32,
-    _pad3: u32,
-    /// Atomic, written by the server: bumped by each server that starts.
-    pub server_gen: U64,
-    /// A robust mutex the running server holds for its whole life (reached only
-    /// through a raw pointer): when it dies, the kernel marks the mutex's word
-    /// "owner died", so anyone can tell a live server with one load.
-    server_alive: libc::pthread_mutex_t,
-    /// Atomic: bumped whenever a creator takes a pooled memfd (the server refills).
-    pub pool_taken: U64,
-    /// Atomic, written by the server: memfds it has put in the pool so far (minus
-    /// `pool_taken`, about how many are left; re-counted at each full sweep).
-    pub pool_filled: U64,
-    /// Atomic: 1 once a creator has asked the server to refill a half-empty pool;
-    /// the server clears it when it refills.
-    pub refill_asked: U64,
-    /// Atomic, written by the server: the destroy_epoch up to which it has closed
-    /// its descriptors of destroyed segments (their memory is free once no
-    /// process maps them or caches a descriptor).
-    pub released_epoch: U64,
-    /// The server's pool of empty memfds.
-    pub pool: [PoolEntry; POOL_SIZE],
-    /// Serials of the last DESTROYED_RING destroyed segments: destruction number e
-    /// (destroy_epoch before it) is at e % DESTROYED_RING. Lets processes and the
-    /// server drop descriptors of removed segments in O(removals).
-    pub destroyed: [U64; DESTROYED_RING],
+shared_struct! {
+    /// Registry header. Guarded by the lock unless marked otherwise.
+    pub struct Header {
+        /// Constant after creation.
+        pub magic: U64,
+        /// Constant after creation.
+        pub version: U32,
+        /// Constant after creation: size_of::<Slot>() etc, to refuse foreign layouts.
+        pub slot_size: U32,
+        pub proc_size: U32,
+        pub rec_size: U32,
+        /// Constant after creation.
+        pub file_size: U64,
+        /// Constant after creation: 1 for a shared (multi-user) namespace, whose only
+        /// writer is its server.
+        pub shared: U32,
+        _pad0: [U32; 7],
+        /// The registry lock itself (offset 64).
+        mutex: RawMutex,
+        _pad1: [U32; (128 - 64 - std::mem::size_of::<RawMutex>()) / 4],
+        /// Atomic: odd while a writer holds the lock (see the module comment).
+        pub seq: U64,
+        /// Limits in force (S133): shmmax in bytes, shmall in pages, shmmni in segments.
+        pub shmmax: U64,
+        pub shmall: U64,
+        pub shmmni: U64,
+        /// Id allocator state (S10, S11): last index handed out, current seq, and the
+        /// idr cursor (last index + 1).
+        pub last_idx: I32,
+        pub idr_seq: U32,
+        pub idr_next: U32,
+        /// Derived: number of USED slots (S37, SHM_INFO used_ids).
+        pub in_use: U32,
+        /// Derived: sum of pages of USED slots (S38, SHM_INFO shm_tot).
+        pub shm_tot: U64,
+        /// Derived: highest USED index, or -1.
+        pub max_idx: I32,
+        _pad2: U32,
+        /// Source of `Slot::serial`; never reused.
+        pub next_serial: U64,
+        /// High-water marks: entries at or above these were never used and count as
+        /// empty. Primary data (never lowered).
+        pub slot_hwm: U32,
+        pub proc_hwm: U32,
+        pub rec_hwm: U32,
+        /// Derived: head of the free record list.
+        pub rec_free: U32,
+        /// Entries below these are allocated on the filesystem (see the module comment).
+        pub slots_backed: U32,
+        pub procs_backed: U32,
+        pub recs_backed: U32,
+        /// Hint for the next proc entry to try.
+        pub proc_hint: U32,
+        /// Atomic (written under the lock): number of destructions so far.
+        pub destroy_epoch: U64,
+        /// Atomic, written by the server: its pid (0 = none).
+        pub server_pid: I32,
+        _pad3: U32,
+        /// Atomic, written by the server: bumped by each server that starts.
+        pub server_gen: U64,
+        /// A robust mutex the running server holds for its whole life: when it dies, the kernel marks the mutex's word
+        /// "owner died", so anyone can tell a live server with one load.
+        server_alive: RawMutex,
+        /// Atomic: bumped whenever a creator takes a pooled memfd (the server refills).
+        pub pool_taken: U64,
+        /// Atomic, written by the server: memfds it has put in the pool so far (minus
+        /// `pool_taken`, about how many are left; re-counted at each full sweep).
+        pub pool_filled: U64,
+        /// Atomic: 1 once a creator has asked the server to refill a half-empty pool;
+        /// the server clears it when it refills.
+        pub refill_asked: U64,
+        /// Atomic, written by the server: the destroy_epoch up to which it has closed
+        /// its descriptors of destroyed segments (their memory is free once no
+        /// process maps them or caches a descriptor).
+        pub released_epoch: U64,
+        /// The server's pool of empty memfds.
+        pub pool: [PoolEntry; POOL_SIZE],
+        /// Serials of the last DESTROYED_RING destroyed segments: destruction number e
+        /// (destroy_epoch before it) is at e % DESTROYED_RING. Lets processes and the
+        /// server drop descriptors of removed segments in O(removals).
+        pub destroyed: [U64; DESTROYED_RING],
+    }
 }
 
 pub const HEADER_SIZE: usize = 16384;
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
 
-/// One segment: the kernel's `struct shmid_kernel` as userspace sees it.
-/// Guarded by the registry lock, except `server_fd` (written by the server).
-#[repr(C)]
-#[derive(Default)]
-pub struct Slot {
-    pub state: U32,
-    /// F_HUGETLB | F_NORESERVE.
-    pub flags: U32,
-    /// `__key`; 0 after IPC_RMID of an attached segment (S94).
-    pub key: I32,
-    /// Permission bits | SHM_DEST | SHM_LOCKED (S80).
-    pub mode: U32,
-    pub uid: U32,
-    pub gid: U32,
-    pub cuid: U32,
-    pub cgid: U32,
-    pub seq: U32,
-    pub cpid: I32,
-    pub lpid: I32,
-    /// The uid charged for SHM_LOCK while SHM_LOCKED is set (S108).
-    pub lock_uid: U32,
-    /// As requested (S25).
-    pub segsz: U64,
-    pub atime: I64,
-    pub dtime: I64,
-    pub ctime: I64,
-    /// Derived from the records: live attach fragments (S72).
-    pub nattch: U64,
-    /// Unique per creation; ties descriptors and records to this incarnation.
-    pub serial: U64,
-    /// Bytes mapped by shmat: segsz rounded up to the (huge) page size.
-    pub map_len: U64,
-    /// ceil(segsz / 4096): what counts against shmall (S25, S47).
-    pub pages: U64,
-    /// Written by the server: (server_gen as u16) << 48 | (serial as u16) << 32 |
-    /// the server's descriptor number holding this incarnation's memfd.
-    pub server_fd: U64,
-    /// Derived: head of this slot's record list.
-    pub rec_head: U32,
-    _pad: u32,
-    /// Inode of the memfd: validates every descriptor before it is mapped.
-    pub ino: U64,
+shared_struct! {
+    /// One segment: the kernel's `struct shmid_kernel` as userspace sees it.
+    /// Guarded by the registry lock, except `server_fd` (written by the server).
+    #[derive(Default)]
+    pub struct Slot {
+        pub state: U32,
+        /// F_HUGETLB | F_NORESERVE.
+        pub flags: U32,
+        /// `__key`; 0 after IPC_RMID of an attached segment (S94).
+        pub key: I32,
+        /// Permission bits | SHM_DEST | SHM_LOCKED (S80).
+        pub mode: U32,
+        pub uid: U32,
+        pub gid: U32,
+        pub cuid: U32,
+        pub cgid: U32,
+        pub seq: U32,
+        pub cpid: I32,
+        pub lpid: I32,
+        /// The uid charged for SHM_LOCK while SHM_LOCKED is set (S108).
+        pub lock_uid: U32,
+        /// As requested (S25).
+        pub segsz: U64,
+        pub atime: I64,
+        pub dtime: I64,
+        pub ctime: I64,
+        /// Derived from the records: live attach fragments (S72).
+        pub nattch: U64,
+        /// Unique per creation; ties descriptors and records to this incarnation.
+        pub serial: U64,
+        /// Bytes mapped by shmat: segsz rounded up to the (huge) page size.
+        pub map_len: U64,
+        /// ceil(segsz / 4096): what counts against shmall (S25, S47).
+        pub pages: U64,
+        /// Written by the server: (server_gen as u16) << 48 | (serial as u16) << 32 |
+        /// the server's descriptor number holding this incarnation's memfd.
+        pub server_fd: U64,
+        /// Derived: head of this slot's record list.
+        pub rec_head: U32,
+        _pad: U32,
+        /// Inode of the memfd: validates every descriptor before it is mapped.
+        pub ino: U64,
+    }
 }
 
-/// One participating process. Guarded by the registry lock.
-#[repr(C)]
-#[derive(Default)]
-pub struct ProcEntry {
-    /// 0 when free. Primary data.
-    pub pid: I32,
-    /// Bumped at each claim: a death notice names (entry, gen), so a notice about a
-    /// previous owner never detaches the current one.
-    pub gen: U32,
-    /// Derived: head of this process's record list.
-    pub rec_head: U32,
-    _pad: u32,
-    /// The process's start time (clock ticks after boot, /proc/PID/stat field 22):
-    /// with the pid it names one process, whatever pids the system reuses.
-    pub start: U64,
+shared_struct! {
+    /// One participating process. Guarded by the registry lock.
+    #[derive(Default)]
+    pub struct ProcEntry {
+        /// 0 when free. Primary data.
+        pub pid: I32,
+        /// Bumped at each claim: a death notice names (entry, gen), so a notice about a
+        /// previous owner never detaches the current one.
+        pub gen: U32,
+        /// Derived: head of this process's record list.
+        pub rec_head: U32,
+        _pad: U32,
+        /// The process's start time (clock ticks after boot, /proc/PID/stat field 22):
+        /// with the pid it names one process, whatever pids the system reuses.
+        pub start: U64,
+    }
 }
 
-/// Attach fragments of one process on one segment. Guarded by the registry lock.
-#[repr(C)]
-#[derive(Default)]
-pub struct Rec {
-    /// Proc entry index + 1; 0 = free. Primary data.
-    pub proc_: U32,
-    pub slot: U32,
-    pub serial: U64,
-    /// Number of mapping fragments (S72). Primary data.
-    pub count: U32,
-    /// Derived: next record of the same process (or the free list).
-    pub next_proc: U32,
-    /// Derived: next record of the same slot.
-    pub next_slot: U32,
-    _pad: u32,
+shared_struct! {
+    /// Attach fragments of one process on one segment. Guarded by the registry lock.
+    #[derive(Default)]
+    pub struct Rec {
+        /// Proc entry index + 1; 0 = free. Primary data.
+        pub proc_: U32,
+        pub slot: U32,
+        pub serial: U64,
+        /// Number of mapping fragments (S72). Primary data.
+        pub count: U32,
+        /// Derived: next record of the same process (or the free list).
+        pub next_proc: U32,
+        /// Derived: next record of the same slot.
+        pub next_slot: U32,
+        _pad: U32,
+    }
 }
 
 impl Slot {
@@ -348,26 +356,12 @@ pub struct Limits {
 
 /// A mapped registry.
 pub struct Registry {
-    base: *mut u8,
+    map: SharedMap,
     pub path: PathBuf,
     /// The descriptor the mapping came from.
     pub fd: OwnedFd,
     /// False for a read-only mapping (a client of a shared namespace).
     pub writable: bool,
-}
-
-// SAFETY: the mapping is shared memory designed for concurrent access: every field
-// is an atomic cell, and the mutex is reached through a raw pointer only.
-unsafe impl Send for Registry {}
-// SAFETY: as above.
-unsafe impl Sync for Registry {}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // SAFETY: base maps FILE_SIZE bytes that nothing references once the
-        // registry is dropped (every reference borrows from it).
-        let _ = unsafe { sys::munmap(self.base as usize, FILE_SIZE) };
-    }
 }
 
 fn path_c(p: &Path) -> std::ffi::CString {
@@ -376,12 +370,9 @@ fn path_c(p: &Path) -> std::ffi::CString {
 }
 
 /// An all-zero slot/entry/record, returned for reads beyond the allocated chunks.
-// SAFETY: these consist of atomics and integers, for which all-zero is valid.
-static EMPTY_SLOT: Slot = unsafe { std::mem::zeroed() };
-// SAFETY: as above.
-static EMPTY_PROC: ProcEntry = unsafe { std::mem::zeroed() };
-// SAFETY: as above.
-static EMPTY_REC: Rec = unsafe { std::mem::zeroed() };
+static EMPTY_SLOT: Slot = Slot::ZERO;
+static EMPTY_PROC: ProcEntry = ProcEntry::ZERO;
+static EMPTY_REC: Rec = Rec::ZERO;
 
 impl Registry {
     /// Opens the registry in `dir` read-write, creating it atomically if absent:
@@ -401,7 +392,7 @@ impl Registry {
             let mode = if shared { 0o644 } else { 0o600 };
             let fd =
                 sys::open(&ctmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode).map_err(|e| OpenError::Io(tmp.clone(), e, "create"))?;
-            let built = Self::build(&fd, limits, shared).and_then(|_| map_fd(&fd, true)).map(|base| Registry { base, path: tmp.clone(), fd, writable: true });
+            let built = Self::build(&fd, limits, shared).and_then(|_| map_fd(&fd, true)).map(|map| Registry { map, path: tmp.clone(), fd, writable: true });
             let reg = match built {
                 Ok(r) => r,
                 Err(e) => {
@@ -436,8 +427,8 @@ impl Registry {
         sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)?;
         sys::fallocate(fd.as_raw_fd(), 0, HEADER_SIZE as u64)?;
         sys::fallocate(fd.as_raw_fd(), INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
-        let base = map_fd(fd, true)?;
-        let reg = Registry { base, path: PathBuf::new(), fd: sys::dup(fd.as_raw_fd())?, writable: true };
+        let map = map_fd(fd, true)?;
+        let reg = Registry { map, path: PathBuf::new(), fd: sys::dup(fd.as_raw_fd())?, writable: true };
         let h = reg.header();
         h.magic.set(MAGIC);
         h.version.set(LAYOUT_VERSION);
@@ -446,12 +437,12 @@ impl Registry {
         h.rec_size.set(std::mem::size_of::<Rec>() as u32);
         h.file_size.set(FILE_SIZE as u64);
         h.shared.set(shared as u32);
-        // SAFETY: the mutexes lie inside the mapping, in a file no other process has
-        // opened yet, so nobody else can touch them while they are initialised.
-        unsafe {
-            sys::init_robust_mutex(reg.mutex_ptr());
-            sys::init_robust_mutex(reg.alive_ptr());
-        }
+        // SAFETY: the mutexes lie in a file no other process has opened yet (its
+        // name is this thread's own until it is linked into place), so nobody
+        // else can touch them while they are initialised.
+        unsafe { h.mutex.init() };
+        // SAFETY: as above.
+        unsafe { h.server_alive.init() };
         h.shmmax.set(limits.shmmax);
         h.shmall.set(limits.shmall);
         h.shmmni.set(limits.shmmni);
@@ -472,8 +463,8 @@ impl Registry {
             };
             return Err(OpenError::Foreign(path, why));
         }
-        let base = map_fd(&fd, writable).map_err(|e| OpenError::Io(path.clone(), e, "mmap"))?;
-        let reg = Registry { base, path, fd, writable };
+        let map = map_fd(&fd, writable).map_err(|e| OpenError::Io(path.clone(), e, "mmap"))?;
+        let reg = Registry { map, path, fd, writable };
         reg.validate_header()?;
         Ok(reg)
     }
@@ -505,50 +496,25 @@ impl Registry {
     }
 
     pub fn header(&self) -> &Header {
-        // SAFETY: base maps FILE_SIZE bytes, suitably aligned (page); Header fits at
-        // offset 0 and consists of atomics (the mutex is private and reached only
-        // through `mutex_ptr`).
-        unsafe { &*(self.base as *const Header) }
+        self.map.view(0)
     }
 
-    fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
-        // SAFETY: the offset of `mutex` lies inside the mapped header; no reference
-        // to it is formed.
-        unsafe { std::ptr::addr_of_mut!((*(self.base as *mut Header)).mutex) }
-    }
-
-    fn alive_ptr(&self) -> *mut libc::pthread_mutex_t {
-        // SAFETY: as for `mutex_ptr`.
-        unsafe { std::ptr::addr_of_mut!((*(self.base as *mut Header)).server_alive) }
-    }
-
-    /// Called by the server once, at start: holds the liveness mutex until the
-    /// process ends (a predecessor that died holding it hands it over).
-    pub fn hold_server_alive(&self) {
-        // SAFETY: the robust mutex built with the file; this thread (the server's
-        // only one) keeps it locked for the life of the process.
-        unsafe {
-            if sys::robust_mutex_lock(self.alive_ptr()) == libc::EOWNERDEAD {
-                sys::robust_mutex_consistent(self.alive_ptr());
-            }
+    /// Called by the server once, at start: takes the liveness mutex, which it
+    /// keeps until the process ends (a predecessor that died holding it hands it
+    /// over). Dropping the guard gives it up, for a server that leaves by itself.
+    pub fn hold_server_alive(&self) -> Locked<'_> {
+        let (held, owner_died) = self.header().server_alive.lock();
+        if owner_died {
+            held.mark_consistent();
         }
-    }
-
-    /// Called by a server that leaves by itself.
-    pub fn release_server_alive(&self) {
-        // SAFETY: the server's thread holds it (hold_server_alive).
-        unsafe { sys::robust_mutex_unlock(self.alive_ptr()) };
+        held
     }
 
     /// Whether a server holds the liveness mutex now: its owner field names a
     /// thread and the kernel has not marked the owner dead. One atomic load of the
-    /// mutex's lock word (glibc's robust mutexes keep the owner's tid there, and
-    /// the kernel sets FUTEX_OWNER_DIED in it when that thread dies).
+    /// mutex's lock word.
     pub fn server_alive(&self) -> bool {
-        // SAFETY: the first 4 bytes of a pthread_mutex_t are its futex word, an
-        // aligned u32 inside the mapping; read atomically, never through a
-        // reference to the mutex.
-        let word = unsafe { (*(self.alive_ptr() as *const std::sync::atomic::AtomicU32)).load(Ordering::Acquire) };
+        let word = self.header().server_alive.futex_word();
         word & libc::FUTEX_TID_MASK != 0 && word & libc::FUTEX_OWNER_DIED == 0
     }
 
@@ -566,9 +532,7 @@ impl Registry {
         if i >= Self::bound(&self.header().slots_backed, MAX_SLOTS) {
             return &EMPTY_SLOT;
         }
-        // SAFETY: i is below the allocated slots, inside the slots region; Slot is
-        // made of atomics.
-        unsafe { &*(self.base.add(SLOTS_OFF) as *const Slot).add(i) }
+        self.map.element(SLOTS_OFF, i)
     }
 
     /// Proc entry `i`; an all-zero (free) entry beyond the allocated chunks.
@@ -576,8 +540,7 @@ impl Registry {
         if i >= Self::bound(&self.header().procs_backed, MAX_PROCS) {
             return &EMPTY_PROC;
         }
-        // SAFETY: as for `slot`.
-        unsafe { &*(self.base.add(PROCS_OFF) as *const ProcEntry).add(i) }
+        self.map.element(PROCS_OFF, i)
     }
 
     /// Record `i`; an all-zero (free) record beyond the allocated chunks.
@@ -585,15 +548,12 @@ impl Registry {
         if i >= Self::bound(&self.header().recs_backed, MAX_RECS) {
             return &EMPTY_REC;
         }
-        // SAFETY: as for `slot`.
-        unsafe { &*(self.base.add(RECS_OFF) as *const Rec).add(i) }
+        self.map.element(RECS_OFF, i)
     }
 
     fn index(&self, i: usize) -> &U32 {
         let i = i & (INDEX_SIZE - 1);
-        // SAFETY: i < INDEX_SIZE, inside the key index, which is allocated when the
-        // file is built; U32 is an atomic.
-        unsafe { &*(self.base.add(INDEX_OFF) as *const U32).add(i) }
+        self.map.element(INDEX_OFF, i)
     }
 
     /// Takes the registry lock, repairing the registry if a holder died.
@@ -601,9 +561,8 @@ impl Registry {
         assert!(self.writable, "a read-only registry cannot be locked");
         // Counted before it is taken (see fsmutex::note_held).
         crate::fsmutex::note_held(true);
-        // SAFETY: the mutex is the process-shared robust mutex built with the file.
-        let r = unsafe { sys::robust_mutex_lock(self.mutex_ptr()) };
-        self.locked(r)
+        let (held, owner_died) = self.header().mutex.lock();
+        self.locked(held, owner_died)
     }
 
     /// Takes the lock only if it is free.
@@ -612,26 +571,26 @@ impl Registry {
             return None;
         }
         crate::fsmutex::note_held(true);
-        // SAFETY: as in `lock`.
-        let r = unsafe { sys::robust_mutex_trylock(self.mutex_ptr()) };
-        if r == libc::EBUSY {
+        let Some((held, owner_died)) = self.header().mutex.try_lock() else {
             crate::fsmutex::note_held(false);
             return None;
-        }
-        Some(self.locked(r))
+        };
+        Some(self.locked(held, owner_died))
     }
 
-    fn locked(&self, r: i32) -> RegGuard<'_> {
+    fn locked<'a>(&'a self, held: Locked<'a>, owner_died: bool) -> RegGuard<'a> {
         let h = self.header();
-        let mut g = RegGuard { reg: self };
-        if r == libc::EOWNERDEAD {
+        let mut g = RegGuard { reg: self, held: Some(held) };
+        if owner_died {
             if h.seq.get().is_multiple_of(2) {
                 h.seq.set(h.seq.get() + 1);
             }
             fence(Ordering::Release);
             g.repair();
-            // SAFETY: we hold the mutex and have restored every invariant.
-            unsafe { sys::robust_mutex_consistent(self.mutex_ptr()) };
+            // Every invariant is restored.
+            if let Some(held) = &g.held {
+                held.mark_consistent();
+            }
         } else {
             h.seq.set(h.seq.get() | 1);
             fence(Ordering::Release);
@@ -795,16 +754,15 @@ impl Registry {
     }
 }
 
-fn map_fd(fd: &OwnedFd, writable: bool) -> SysResult<*mut u8> {
-    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
-    // SAFETY: a new shared mapping at an address the kernel chooses: it replaces
-    // nothing.
-    unsafe { sys::mmap(0, FILE_SIZE, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) }.map(|a| a as *mut u8)
+fn map_fd(fd: &OwnedFd, writable: bool) -> SysResult<SharedMap> {
+    SharedMap::map(fd.as_fd(), FILE_SIZE, writable)
 }
 
 /// Proof of holding the registry lock; all mutation goes through it.
 pub struct RegGuard<'a> {
     pub reg: &'a Registry,
+    /// The mutex, held until the guard drops.
+    held: Option<Locked<'a>>,
 }
 
 impl Drop for RegGuard<'_> {
@@ -812,8 +770,7 @@ impl Drop for RegGuard<'_> {
         let seq = &self.reg.header().seq;
         // Even again: readers may trust what they read from here on.
         seq.atomic().store(seq.get().wrapping_add(1), Ordering::Release);
-        // SAFETY: this guard exists only while we hold the mutex.
-        unsafe { sys::robust_mutex_unlock(self.reg.mutex_ptr()) };
+        drop(self.held.take());
         crate::fsmutex::note_held(false);
     }
 }

@@ -214,6 +214,8 @@ struct ConnState {
 struct Server {
     /// Lives as long as the server process.
     reg: &'static Registry,
+    /// The liveness mutex, held from adoption until the server leaves.
+    alive: Option<crate::shared::Locked<'static>>,
     dir: PathBuf,
     shared: bool,
     auto: bool,
@@ -343,6 +345,7 @@ impl Server {
         }
         let reg: &'static Registry = Box::leak(Box::new(reg));
         let mut s = Server {
+            alive: None,
             reg,
             bg: Background::new(reg),
             dir: opts.dir.clone(),
@@ -386,7 +389,7 @@ impl Server {
     /// are detached, live ones are watched by pidfd, and every segment's memory is
     /// found in a live participant (by inode) or the segment is removed whole.
     fn adopt(&mut self) {
-        self.reg.hold_server_alive();
+        self.alive = Some(self.reg.hold_server_alive());
         let entries: Vec<(usize, i32, u32, u64)> = {
             let g = self.reg.lock();
             let h = g.hdr();
@@ -530,7 +533,7 @@ impl Server {
                     e.fd.store(0, Ordering::Release);
                 }
                 g.hdr().server_pid.set(0);
-                self.reg.release_server_alive();
+                self.alive = None;
                 drop(g);
                 return 0;
             }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 /// The layers, bottom first, as docs/ARCHITECTURE.md lists them.
 const LAYERS: &[&[&str]] = &[
     &["sys", "cell", "proto", "frags", "compare"],
-    &["fsmutex"],
+    &["fsmutex", "shared"],
     &["registry"],
     &["config", "creds"],
     &["log", "trace"],
