@@ -7,7 +7,7 @@ use crate::fsmutex::FsMutex;
 use crate::registry::Registry;
 use crate::sys::{self, Errno, SysResult};
 use std::cell::Cell;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -371,15 +371,6 @@ pub fn above_limit_fd(fd: OwnedFd) -> Result<OwnedFd, OwnedFd> {
 }
 
 pub use crate::sys::high_fd;
-
-/// Takes ownership of a raw descriptor number this process chose to keep.
-///
-/// # Safety
-/// `fd` must be an open descriptor that nothing else owns.
-pub unsafe fn own(fd: RawFd) -> OwnedFd {
-    // SAFETY: as the caller guarantees.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
 
 impl Local {
     pub fn count_frags(&self) -> usize {

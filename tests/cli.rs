@@ -413,6 +413,10 @@ fn sandbox_denies_the_kernel_and_shim_answers_inside_it() {
     // Children inherit the filter.
     let o = sandbox(&["--", "sh", "-c", &format!("{probe} create 0x54")]);
     assert!(!o.status.success(), "{}", text(&o));
+    // The demo's steps (the shmshim binary itself) are served inside it too.
+    let shmshim = release("shmshim");
+    let o = sandbox(&["--shim", "--", shmshim.to_str().unwrap(), "run"]);
+    assert!(o.status.success() && text(&o).contains("shmshim demo: ok"), "{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
     finish(&dir);
 }
 

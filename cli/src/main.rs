@@ -1,6 +1,8 @@
 //! The `shmshim` command: run programs under the shim, list and remove segments,
 //! and serve namespaces (`shmshim serve`).
 
+mod libc_calls;
+
 use shmshim_core::{client, process, proto, registry, server, shm};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -193,48 +195,35 @@ fn demo(lib: &std::path::Path) -> ! {
 }
 
 fn demo_step(what: &str) -> i32 {
+    use libc_calls::{rmid, shmget, Attach};
     let pid = std::process::id();
-    // These are libc's shmget/shmat/shmdt/shmctl, which the preloaded library
-    // replaces exactly as it does a C program's (this binary has no hooks).
-    // SAFETY: shmget takes no pointer; a bad argument only makes it fail.
-    let shmget = |key, size, flg| unsafe { libc::shmget(key, size, flg) };
-    // SAFETY: a new attach at an address the call chooses replaces nothing.
-    let shmat = |id, flg| unsafe { libc::shmat(id, std::ptr::null(), flg) };
-    // SAFETY: only called with an attach this step made and no longer uses.
-    let shmdt = |p: *const libc::c_void| unsafe { libc::shmdt(p) };
-    // SAFETY: IPC_RMID reads no buffer.
-    let rmid = |id| unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
     match what {
         "write" => {
-            let id = shmget(DEMO_KEY, 4096, 0o1000 | 0o600);
-            if id < 0 {
-                eprintln!("demo write: shmget failed: {}", std::io::Error::last_os_error());
-                return 1;
-            }
-            let p = shmat(id, 0) as *mut u8;
-            if p as isize == -1 {
-                return 1;
-            }
+            let id = match shmget(DEMO_KEY, 4096, 0o1000 | 0o600) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("demo write: shmget failed: {e}");
+                    return 1;
+                }
+            };
+            let Ok(a) = Attach::new(id, 0, 4096) else { return 1 };
             let msg = format!("hello from pid {pid}\0");
-            // SAFETY: p maps at least 4096 writable bytes of the segment.
-            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len()) };
-            shmdt(p as *const _);
+            a.write(msg.as_bytes());
+            drop(a);
             println!("[writer pid {pid}] created key {DEMO_KEY:#x} as id {id}, wrote {:?}, exiting", msg.trim_end_matches('\0'));
             0
         }
         "read" => {
-            let id = shmget(DEMO_KEY, 0, 0);
-            if id < 0 {
-                eprintln!("demo read: segment not found: {}", std::io::Error::last_os_error());
-                return 1;
-            }
-            let p = shmat(id, libc::SHM_RDONLY) as *const u8;
-            if p as isize == -1 {
-                return 1;
-            }
-            // SAFETY: p maps 4096 readable bytes; the writer left a NUL-terminated string.
-            let s = unsafe { std::ffi::CStr::from_ptr(p as *const libc::c_char) }.to_string_lossy().into_owned();
-            shmdt(p as *const _);
+            let id = match shmget(DEMO_KEY, 0, 0) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("demo read: segment not found: {e}");
+                    return 1;
+                }
+            };
+            let Ok(a) = Attach::new(id, libc::SHM_RDONLY, 4096) else { return 1 };
+            let s = a.read_cstr();
+            drop(a);
             println!("[reader pid {pid}] found key {DEMO_KEY:#x} as id {id}, read {s:?}");
             if s.starts_with("hello from pid") {
                 0
@@ -243,10 +232,10 @@ fn demo_step(what: &str) -> i32 {
             }
         }
         "remove" => {
-            let id = shmget(DEMO_KEY, 0, 0);
+            let id = shmget(DEMO_KEY, 0, 0).unwrap_or(-1);
             let r = rmid(id);
-            println!("[remover pid {pid}] IPC_RMID id {id}: {}", if r == 0 { "removed" } else { "failed" });
-            if r == 0 {
+            println!("[remover pid {pid}] IPC_RMID id {id}: {}", if r.is_ok() { "removed" } else { "failed" });
+            if r.is_ok() {
                 0
             } else {
                 1
@@ -289,7 +278,7 @@ fn cmd_ls(args: &[String]) -> i32 {
     println!("\n------ Shared Memory Segments --------");
     println!("{:<10} {:<10} {:<10} {:<10} {:<10} {:<10} {:<12}", "key", "shmid", "owner", "perms", "bytes", "nattch", "status");
     for s in segs {
-        let owner = user_name(s.uid);
+        let owner = libc_calls::user_name(s.uid);
         let mut status = String::new();
         if s.mode & registry::SHM_DEST != 0 {
             status.push_str("dest ");
@@ -301,18 +290,6 @@ fn cmd_ls(args: &[String]) -> i32 {
     }
     println!();
     0
-}
-
-fn user_name(uid: u32) -> String {
-    // SAFETY: getpwuid returns NULL or a pointer to a static record we read at once.
-    unsafe {
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() {
-            uid.to_string()
-        } else {
-            std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
-        }
-    }
 }
 
 fn parse_num(s: &str) -> Option<i64> {

@@ -30,7 +30,9 @@
 fn snapshot() {
     // The shmshim binary (CLI and server) runs with this library only when it is
     // preloaded system-wide; it must not be served by itself.
-    if sys::exec_name().is_some_and(|n| n.rsplit('/').next() == Some("shmshim")) {
+    // Its demo steps (`shmshim demo-step`) are the exception: they are the demo's
+    // SysV programs and are served like any other.
+    if sys::exec_name().is_some_and(|n| n.rsplit('/').next() == Some("shmshim")) && !is_demo_step() {
         shmshim_core::config::stand_aside();
         return;
     }
@@ -43,6 +45,11 @@ fn snapshot() {
     if bound != sigaction as *const () as usize {
         sys::HANDLERS.store(true, Ordering::Release);
     }
+}
+
+/// Whether this process is `shmshim demo-step ...` (its second argument).
+fn is_demo_step() -> bool {
+    std::fs::read("/proc/self/cmdline").is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"demo-step"))
 }
 
 use libc::{c_char, c_int, c_long, c_uint, c_void, pid_t, size_t};
