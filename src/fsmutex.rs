@@ -41,10 +41,7 @@ pub struct FsGuard<'a, T> {
 }
 
 fn futex(addr: &AtomicU32, op: i32, val: u32) {
-    // SAFETY: a futex wait/wake on a live AtomicU32; no timeout, no other memory.
-    unsafe {
-        crate::sys::raw(libc::SYS_futex, &[addr.as_ptr() as usize, (op | libc::FUTEX_PRIVATE_FLAG) as usize, val as usize, 0]);
-    }
+    crate::sys::futex_private(addr, op, val);
 }
 
 impl<T> FsMutex<T> {

@@ -1201,3 +1201,11 @@ impl Drop for SigBlock {
 pub fn high_fd(fd: OwnedFd) -> OwnedFd {
     dup_at_least(fd.as_raw_fd(), 200).unwrap_or(fd)
 }
+
+/// A private futex operation (FUTEX_WAIT or FUTEX_WAKE, no timeout) on a live
+/// atomic of this process.
+pub fn futex_private(addr: &std::sync::atomic::AtomicU32, op: i32, val: u32) {
+    // SAFETY: a futex wait/wake on a live AtomicU32 (borrowed for the call); no
+    // timeout, no other memory.
+    unsafe { raw(libc::SYS_futex, &[addr.as_ptr() as usize, (op | libc::FUTEX_PRIVATE_FLAG) as usize, val as usize, 0]) };
+}
