@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-pub const PAGE: usize = 4096;
+pub use crate::sys::PAGE;
 
 /// Cached segment descriptors kept below the soft RLIMIT_NOFILE, where they use
 /// the program's own budget of descriptors.

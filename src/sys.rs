@@ -8,6 +8,10 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+
+/// The page size shmshim assumes (x86-64 and aarch64 with 4 KiB pages).
+pub const PAGE: usize = 4096;
 
 /// An errno value. `Errno(0)` is never constructed for an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,36 @@ pub fn errno() -> i32 {
 pub fn set_errno(e: i32) {
     // SAFETY: as above; writing errno is what the C ABI expects of us.
     unsafe { *libc::__errno_location() = e }
+}
+
+/// Sets a SysV call's failure errno: in this libc and in every other libc copy
+/// whose calls reach the hooks (also_set_errno_at), as the caller may read either.
+pub fn set_call_errno(e: i32) {
+    set_errno(e);
+    for f in EXTRA_ERRNO.iter() {
+        let f = f.load(Ordering::Acquire);
+        if f == 0 {
+            break;
+        }
+        // SAFETY: f is the `__errno_location` of another libc copy in this
+        // process (also_set_errno_at), which returns this thread's errno there.
+        unsafe { *std::mem::transmute::<usize, unsafe extern "C" fn() -> *mut i32>(f)() = e }
+    }
+}
+
+/// `__errno_location` of other libc copies in this process (libraries loaded by
+/// dlmopen, whose calls reach the hooks): errors are set there too.
+static EXTRA_ERRNO: [std::sync::atomic::AtomicUsize; 8] = [const { std::sync::atomic::AtomicUsize::new(0) }; 8];
+
+/// Registers another libc copy's `__errno_location` (its address).
+pub fn also_set_errno_at(f: usize) {
+    for slot in EXTRA_ERRNO.iter() {
+        match slot.compare_exchange(0, f, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(v) if v == f => return,
+            Err(_) => {}
+        }
+    }
 }
 
 pub fn errno_name(e: i32) -> &'static str {
@@ -1208,4 +1242,14 @@ pub fn futex_private(addr: &std::sync::atomic::AtomicU32, op: i32, val: u32) {
     // SAFETY: a futex wait/wake on a live AtomicU32 (borrowed for the call); no
     // timeout, no other memory.
     unsafe { raw(libc::SYS_futex, &[addr.as_ptr() as usize, (op | libc::FUTEX_PRIVATE_FLAG) as usize, val as usize, 0]) };
+}
+
+/// mprotect(2) by raw syscall, for the code pages a hook rewrites.
+///
+/// # Safety
+/// Code or data in the range must not be in use in a way the new protection
+/// breaks (the caller restores it).
+pub unsafe fn protect_text(addr: usize, len: usize, prot: i32) -> SysResult<()> {
+    // SAFETY: as the caller guarantees.
+    check(unsafe { raw(libc::SYS_mprotect, &[addr, len, prot as usize]) }).map(|_| ())
 }

@@ -5,6 +5,9 @@
 //! Besides the four SysV calls, shmshim interposes:
 //! - `munmap`, `mprotect`, `madvise`, `mremap`, `remap_file_pages`: to follow
 //!   attach fragments (S71–S74, S124); they forward to the kernel by raw syscall;
+//! - `dlmopen`: the libc copy of a new link-map namespace has its SysV functions
+//!   rewritten into jumps to these hooks, as the process's own libc has at load
+//!   (`patch`), so RTLD_DEEPBIND libraries and libc's own handle reach them too;
 //! - the `exec` family (`execl`, `execlp` and `execle` through trampolines in
 //!   `varargs`): the registration ends before the new image runs (S121);
 //! - `fork`, `_Fork`: so a child's inherited attaches count in nattch as soon as
@@ -37,6 +40,11 @@ fn snapshot() {
         return;
     }
     let _ = shmshim_core::config::get();
+    if emulating() {
+        // Calls that bypass the symbols (RTLD_DEEPBIND, libc's own handle) reach
+        // the hooks too.
+        patch::patch_base_libc();
+    }
     // Signal blocking is skipped only while the hooks below see every handler
     // the program installs: not so if this library was loaded after the program
     // bound `sigaction` elsewhere (dlopen rather than LD_PRELOAD).
@@ -62,6 +70,7 @@ use shmshim_core::sys::{self, Errno, SysResult};
 use shmshim_core::trace;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod patch;
 mod varargs;
 
 /// The next definition of an interposed libc function, looked up once.
@@ -97,8 +106,15 @@ fn guarded<T>(f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
         return Err(Errno(libc::EDEADLK));
     }
     let _r = Reentry::enter();
+    // A call that succeeds leaves errno as it found it, as the kernel's do,
+    // whatever the shim's own system calls set on the way.
+    let saved = sys::errno();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
+        Ok(Ok(v)) => {
+            sys::set_errno(saved);
+            Ok(v)
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(Errno(libc::EINVAL)),
     }
 }
@@ -107,7 +123,7 @@ fn finish<T: Copy>(r: SysResult<T>, err_val: T) -> T {
     match r {
         Ok(v) => v,
         Err(e) => {
-            sys::set_errno(e.0);
+            sys::set_call_errno(e.0);
             err_val
         }
     }
@@ -412,6 +428,26 @@ signal_hook!(sigset, c"sigset");
 signal_hook!(bsd_signal, c"bsd_signal");
 signal_hook!(sysv_signal, c"sysv_signal");
 signal_hook!(__sysv_signal, c"__sysv_signal");
+
+// ------------------------------------------------------------ dlmopen
+
+/// dlmopen(3): a library in a new link-map namespace has a libc of its own,
+/// whose SysV functions are rewritten to reach the hooks (see `patch`).
+#[no_mangle]
+pub extern "C" fn dlmopen(lmid: libc::Lmid_t, file: *const c_char, mode: c_int) -> *mut c_void {
+    type DlmopenFn = unsafe extern "C" fn(libc::Lmid_t, *const c_char, c_int) -> *mut c_void;
+    let Some(real) = next_fn!(c"dlmopen", DlmopenFn) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's arguments to libc.
+    let h = unsafe { real(lmid, file, mode) };
+    if !h.is_null() && emulating() && !Reentry::active() {
+        let saved = sys::errno();
+        let _ = std::panic::catch_unwind(|| patch::after_dlmopen(h, real));
+        sys::set_errno(saved);
+    }
+    h
+}
 
 // ------------------------------------------------------------ exec
 

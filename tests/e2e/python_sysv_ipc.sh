@@ -8,7 +8,10 @@
 #     checks the attributes it sees (key, size 10000, mode 0600, cuid, creator pid,
 #     number_attached 2), answers with the sha256 of the data; the producer checks
 #     the answer, number_attached, last_pid (= consumer after its detach), then
-#     removes the segment.
+#     removes the segment;
+#  3. the extension loaded with RTLD_DEEPBIND (sys.setdlopenflags), as
+#     interpreters may load their extensions: a segment it creates by key is found,
+#     read and removed by an ordinary process, in the same namespace.
 # e2e-timeout: 120
 . "$(dirname "$0")/_lib.sh"
 PY=${E2E_PY:-}
@@ -115,3 +118,35 @@ expect "producer's view" "$(grep '^producer: key' "$W/producer.out")" \
     "producer: key=$(printf '%#x' $KEY) size=10000 mode=600 creator_is_me=True last_is_consumer=True nattch=1 dtime_set=True"
 expect "removal" "$(tail -n1 "$W/producer.out")" "producer: removed"
 expect_no_segments "at the end"
+
+# ---- 3: the extension loaded with RTLD_DEEPBIND
+KEY3=$((0x5e2e0003))
+rc=0
+shm "$PY" -c '
+import os, sys
+sys.setdlopenflags(os.RTLD_NOW | os.RTLD_DEEPBIND)
+import sysv_ipc
+m = sysv_ipc.SharedMemory(int(sys.argv[1]), sysv_ipc.IPC_CREX, mode=0o600, size=4096)
+m.write(b"deep\0", 0)
+try:
+    sysv_ipc.SharedMemory(int(sys.argv[1]), sysv_ipc.IPC_CREX, size=4096)
+    print("deepbind: second IPC_CREX succeeded")
+except sysv_ipc.ExistentialError:
+    print("deepbind: created, EEXIST on a second create, nattch=%d" % m.number_attached)
+m.detach()
+' $KEY3 >"$W/deep.out" 2>&1 || rc=$?
+cat "$W/deep.out"
+[ $rc = 0 ] || die "the RTLD_DEEPBIND process exited $rc"
+expect "RTLD_DEEPBIND extension" "$(tail -n1 "$W/deep.out")" "deepbind: created, EEXIST on a second create, nattch=1"
+rc=0
+shm "$PY" -c '
+import sys, sysv_ipc
+m = sysv_ipc.SharedMemory(int(sys.argv[1]))
+print("plain: read %r nattch=%d" % (m.read(4, 0), m.number_attached))
+m.detach()
+m.remove()
+' $KEY3 >"$W/plain.out" 2>&1 || rc=$?
+cat "$W/plain.out"
+[ $rc = 0 ] || die "the ordinary process exited $rc"
+expect "ordinary process finds the RTLD_DEEPBIND segment" "$(tail -n1 "$W/plain.out")" "plain: read b'deep' nattch=1"
+expect_no_segments "after the RTLD_DEEPBIND part"
