@@ -9,6 +9,7 @@
 //! | `SHMSHIM_LOG` | `1` or `stderr`: one line per call on stderr; any other value: a file to append to |
 //! | `SHMSHIM_TRACE` | a file to append a machine-readable record of every SysV call to, in either mode (`shmshim compare` reads it) |
 //! | `SHMSHIM_SERVER` | path of the `shmshim` binary that serves private namespaces (started automatically) |
+//! | `SHMSHIM_TRAP` | `1`: also serve SysV system calls that bypass libc (a seccomp filter traps them into a `SIGSYS` handler) |
 //! | `SHMSHIM_MODE` | `emulate` (default), `native` (pass every call to the kernel), `auto` (the kernel where its SysV calls work, else emulate) |
 
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub struct Config {
     pub log: Option<String>,
     pub trace: Option<String>,
     pub server_bin: Option<PathBuf>,
+    /// SHMSHIM_TRAP: trap the SysV system calls themselves (see preload's `trap`).
+    pub trap: bool,
 }
 
 static CONFIG: OnceCell<Config> = OnceCell::new();
@@ -99,6 +102,7 @@ impl Config {
             log: env("SHMSHIM_LOG").filter(|v| v != "0"),
             trace: env("SHMSHIM_TRACE"),
             server_bin: env("SHMSHIM_SERVER").map(PathBuf::from),
+            trap: env("SHMSHIM_TRAP").is_some_and(|v| v == "1" || v == "yes" || v == "true"),
         }
     }
 }
@@ -142,6 +146,9 @@ pub fn decision() -> (bool, &'static str) {
     *EMULATING.get_or_init(|| match get().mode {
         Mode::Emulate => (true, "SHMSHIM_MODE=emulate"),
         Mode::Native => (false, "SHMSHIM_MODE=native"),
+        // The trap filter (inherited, or about to be installed) would turn the
+        // probe into a call to the shim itself.
+        Mode::Auto if get().trap => (true, "auto with SHMSHIM_TRAP: the kernel's calls are trapped"),
         Mode::Auto => {
             let mut buf = [0u64; 16];
             match crate::sys::raw_shmctl(0, 3, buf.as_mut_ptr() as usize) {

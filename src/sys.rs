@@ -879,6 +879,13 @@ pub fn read_small(path: &str) -> Option<String> {
 
 /// shmctl straight to the kernel, bypassing libc and the shim's own `syscall`
 /// hook (used once, to probe whether native SysV IPC works).
+/// The shmdt system call itself (trap mode's load-time probe).
+pub fn raw_shmdt(addr: usize) -> SysResult<i64> {
+    // SAFETY: shmdt of an address that is never an attach (the caller passes an
+    // unaligned one) unmaps nothing.
+    check(unsafe { raw(libc::SYS_shmdt, &[addr]) })
+}
+
 pub fn raw_shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i64> {
     // SAFETY: the shmctl system call with a buffer the caller owns (IPC_INFO
     // writes at most 72 bytes); no other state is touched.
@@ -1094,13 +1101,12 @@ pub fn park_on_sigbus() {
     }
 }
 
-/// Installs a seccomp filter under which the System V shared memory system calls
-/// (x86_64 and x32 `shmget`/`shmat`/`shmctl`/`shmdt`; i386's, and the shm
-/// sub-calls of its `ipc` multiplexer) fail with `errno`, inherited by every
-/// descendant; sets no_new_privs first, as an unprivileged filter requires.
-/// Everything else, and every other architecture, is allowed.
-pub fn deny_sysv_shm(errno: i32) -> SysResult<()> {
-    use libc::{sock_filter, sock_fprog};
+/// A seccomp filter over the System V shared memory system calls: x86_64's
+/// `shmget`/`shmat`/`shmctl`/`shmdt` get `native`; their x32 twins, i386's, and
+/// the shm sub-calls of i386's `ipc` multiplexer get `compat`; everything else,
+/// and every other architecture, is allowed.
+fn sysv_shm_filter(native: u32, compat: u32) -> [libc::sock_filter; 30] {
+    use libc::sock_filter;
     const LD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
@@ -1112,41 +1118,81 @@ pub fn deny_sysv_shm(errno: i32) -> SysResult<()> {
     const I386: u32 = 0x4000_0003; // AUDIT_ARCH_I386
     let st = |code: u16, k: u32| sock_filter { code, jt: 0, jf: 0, k };
     let jeq = |k: u32, jt: u8, jf: u8| sock_filter { code: JEQ, jt, jf, k };
-    let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
     let allow = libc::SECCOMP_RET_ALLOW;
-    let filter = [
+    // Jumps are relative to the next instruction.
+    [
         /* 0 */ st(LD, ARCH),
-        /* 1 */ jeq(X86_64, 0, 8),
+        /* 1 */ jeq(X86_64, 0, 13), // else 15
         /* 2 */ st(LD, NR),
-        /* 3 */ st(AND, !0x4000_0000u32), // the x32 bit
-        /* 4 */ jeq(29, 4, 0), // shmget
-        /* 5 */ jeq(30, 3, 0), // shmat
-        /* 6 */ jeq(31, 2, 0), // shmctl
-        /* 7 */ jeq(67, 1, 0), // shmdt
-        /* 8 */ st(RET, allow),
-        /* 9 */ st(RET, deny),
-        /* 10 */ jeq(I386, 0, 13),
-        /* 11 */ st(LD, NR),
-        /* 12 */ jeq(395, 10, 0), // shmget
-        /* 13 */ jeq(396, 9, 0), // shmctl
-        /* 14 */ jeq(397, 8, 0), // shmat
-        /* 15 */ jeq(398, 7, 0), // shmdt
-        /* 16 */ jeq(117, 0, 7), // ipc
-        /* 17 */ st(LD, ARG0),
-        /* 18 */ st(AND, 0xffff),
-        /* 19 */ jeq(21, 3, 0), // SHMAT
-        /* 20 */ jeq(22, 2, 0), // SHMDT
-        /* 21 */ jeq(23, 1, 0), // SHMGET
-        /* 22 */ jeq(24, 0, 1), // SHMCTL
-        /* 23 */ st(RET, deny),
-        /* 24 */ st(RET, allow),
-    ];
-    let prog = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut sock_filter };
+        /* 3 */ jeq(29, 9, 0), // shmget: 13
+        /* 4 */ jeq(30, 8, 0), // shmat
+        /* 5 */ jeq(31, 7, 0), // shmctl
+        /* 6 */ jeq(67, 6, 0), // shmdt
+        /* 7 */ st(AND, !0x4000_0000u32), // the x32 bit
+        /* 8 */ jeq(29, 5, 0), // 14
+        /* 9 */ jeq(30, 4, 0),
+        /* 10 */ jeq(31, 3, 0),
+        /* 11 */ jeq(67, 2, 0),
+        /* 12 */ st(RET, allow),
+        /* 13 */ st(RET, native),
+        /* 14 */ st(RET, compat),
+        /* 15 */ jeq(I386, 0, 13), // else 29
+        /* 16 */ st(LD, NR),
+        /* 17 */ jeq(395, 10, 0), // shmget: 28
+        /* 18 */ jeq(396, 9, 0), // shmctl
+        /* 19 */ jeq(397, 8, 0), // shmat
+        /* 20 */ jeq(398, 7, 0), // shmdt
+        /* 21 */ jeq(117, 0, 7), // ipc, else 29
+        /* 22 */ st(LD, ARG0),
+        /* 23 */ st(AND, 0xffff),
+        /* 24 */ jeq(21, 3, 0), // SHMAT: 28
+        /* 25 */ jeq(22, 2, 0), // SHMDT
+        /* 26 */ jeq(23, 1, 0), // SHMGET
+        /* 27 */ jeq(24, 0, 1), // SHMCTL, else 29
+        /* 28 */ st(RET, compat),
+        /* 29 */ st(RET, allow),
+    ]
+}
+
+/// Installs `filter` for this thread and its descendants. Tries without
+/// no_new_privs first (allowed with CAP_SYS_ADMIN), then sets it, as an
+/// unprivileged filter requires, if `may_set_nnp`.
+fn install_filter(filter: &[libc::sock_filter], may_set_nnp: bool, all_threads: bool) -> SysResult<()> {
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+    let flags = if all_threads { libc::SECCOMP_FILTER_FLAG_TSYNC } else { 0 };
+    let install = || {
+        // SAFETY: prog points at a filter that lives across the call; the kernel
+        // copies it.
+        check(unsafe { raw(libc::SYS_seccomp, &[libc::SECCOMP_SET_MODE_FILTER as usize, flags as usize, &prog as *const libc::sock_fprog as usize]) })
+    };
+    match install() {
+        Ok(_) => Ok(()),
+        Err(Errno(libc::EACCES)) if may_set_nnp => {
+            // SAFETY: prctl with integer arguments only.
+            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
+            install().map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Installs a seccomp filter under which the System V shared memory system calls
+/// fail with `errno`, inherited by every descendant; sets no_new_privs first, as
+/// an unprivileged filter requires.
+pub fn deny_sysv_shm(errno: i32) -> SysResult<()> {
+    let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
     // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
-    // SAFETY: prog points at a filter that lives across the call; the kernel copies it.
-    check(unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const sock_fprog) } as libc::c_long)?;
-    Ok(())
+    install_filter(&sysv_shm_filter(deny, deny), false, false)
+}
+
+/// Installs, for every thread of this process and its descendants, a seccomp
+/// filter that traps x86_64's SysV shm system calls (SIGSYS, si_code SYS_SECCOMP)
+/// and fails the other ABIs' with ENOSYS. Sets no_new_privs only where the
+/// process lacks the privilege to install a filter without it.
+pub fn trap_sysv_shm() -> SysResult<()> {
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    install_filter(&sysv_shm_filter(libc::SECCOMP_RET_TRAP, enosys), true, true)
 }
 
 /// Makes `cmd`'s child install `deny_sysv_shm(errno)` before it execs.

@@ -13,7 +13,9 @@ const USAGE: &str = "\
 usage: shmshim <command> [args]
 
 commands:
-  run [--] PROGRAM [ARGS...]   run PROGRAM with System V shared memory served by shmshim
+  run [--trap] [--] PROGRAM [ARGS...]
+                               run PROGRAM with System V shared memory served by shmshim
+                               (--trap: its raw SysV system calls too, SHMSHIM_TRAP=1)
   run                          run the built-in demo (unrelated processes share a segment by key)
   ls [--json]                  list the namespace's segments (the layout of `ipcs -m`)
   stat ID                      show one segment's struct shmid_ds
@@ -37,7 +39,7 @@ SHMSHIM_LOG, SHMSHIM_SHMMAX / SHMSHIM_SHMALL / SHMSHIM_SHMMNI (limits); see READ
 
 fn command_help(cmd: &str) -> Option<&'static str> {
     Some(match cmd {
-        "run" => "usage: shmshim run [--] PROGRAM [ARGS...]\n\nRuns PROGRAM with libshmshim.so preloaded (put first in LD_PRELOAD, whatever the\nenvironment holds), so its shmget/shmat/shmdt/shmctl are served by shmshim in the\nnamespace $SHMSHIM_DIR. The exit status is PROGRAM's. Without PROGRAM, runs a demo:\na writer process creates a segment by key and exits, an unrelated reader finds it\nand reads it, then it is removed.\n",
+        "run" => "usage: shmshim run [--trap] [--] PROGRAM [ARGS...]\n\nRuns PROGRAM with libshmshim.so preloaded (put first in LD_PRELOAD, whatever the\nenvironment holds), so its shmget/shmat/shmdt/shmctl are served by shmshim in the\nnamespace $SHMSHIM_DIR. The exit status is PROGRAM's. Without PROGRAM, runs a demo:\na writer process creates a segment by key and exits, an unrelated reader finds it\nand reads it, then it is removed.\n\n--trap sets SHMSHIM_TRAP=1: a seccomp filter turns the program's SysV system calls\nthemselves into SIGSYS, which the library serves (README, \"Trap mode\").\n",
         "ls" => "usage: shmshim ls [--json]\n\nLists the segments of the namespace $SHMSHIM_DIR in the layout of `ipcs -m`\n(key, shmid, owner, perms, bytes, nattch, status), after detaching what dead\nprocesses left. --json prints the full struct shmid_ds of each as JSON.\n",
         "stat" => "usage: shmshim stat ID\n\nPrints the struct shmid_ds of segment ID (as IPC_STAT returns it).\n",
         "rm" => "usage: shmshim rm ID... | shmshim rm --key KEY...\n\nRemoves segments by id (like `ipcrm -m`) or by key (like `ipcrm -M`). A segment\nstill attached is marked for destruction and goes at its last detach.\n",
@@ -153,8 +155,13 @@ fn preload_value(lib: &std::path::Path) -> OsString {
 }
 
 fn cmd_run(args: &[String]) -> ! {
-    let args = parse("run", args, &[], &[], true).rest;
+    let parsed = parse("run", args, &["trap"], &[], true);
+    let args = parsed.rest;
     let lib = library();
+    if parsed.flags.contains(&"trap") {
+        // Read by the library in the program (this process is single-threaded).
+        std::env::set_var("SHMSHIM_TRAP", "1");
+    }
     if args.is_empty() {
         demo(&lib);
     }

@@ -39,7 +39,13 @@ fn snapshot() {
         shmshim_core::config::stand_aside();
         return;
     }
-    let _ = shmshim_core::config::get();
+    let cfg = shmshim_core::config::get();
+    if cfg.trap && cfg.mode != shmshim_core::config::Mode::Native {
+        // First of all: an inherited filter traps any SysV system call from here on.
+        if let Some(f) = real_sigaction() {
+            trap::install(f);
+        }
+    }
     if emulating() {
         // Calls that bypass the symbols (RTLD_DEEPBIND, libc's own handle) reach
         // the hooks too.
@@ -71,6 +77,7 @@ use shmshim_core::trace;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod patch;
+mod trap;
 mod varargs;
 
 /// The next definition of an interposed libc function, looked up once.
@@ -397,6 +404,13 @@ fn note_disposition(h: usize) {
 
 type SignalFn = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
 
+type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+
+/// libc's sigaction.
+fn real_sigaction() -> Option<SigactionFn> {
+    next_fn!(c"sigaction", SigactionFn)
+}
+
 #[no_mangle]
 pub extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
     if !act.is_null() {
@@ -407,9 +421,12 @@ pub extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut l
             Err(_) => sys::HANDLERS.store(true, Ordering::Release),
         }
     }
+    if sig == libc::SIGSYS && trap::ACTIVE.load(Ordering::Acquire) {
+        // Trap mode keeps SIGSYS's handler; the program's is kept aside.
+        return trap::program_sigaction(act, old);
+    }
     // SAFETY: forwarding the caller's arguments to libc.
-    next_fn!(c"sigaction", unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int)
-        .map_or_else(|| enosys(-1), |f| unsafe { f(sig, act, old) })
+    real_sigaction().map_or_else(|| enosys(-1), |f| unsafe { f(sig, act, old) })
 }
 
 macro_rules! signal_hook {
@@ -417,6 +434,9 @@ macro_rules! signal_hook {
         #[no_mangle]
         pub extern "C" fn $name(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
             note_disposition(handler);
+            if sig == libc::SIGSYS && trap::ACTIVE.load(Ordering::Acquire) {
+                return trap::program_signal(handler);
+            }
             // SAFETY: forwarding the caller's arguments to libc.
             next_fn!($cname, SignalFn).map_or_else(|| enosys(libc::SIG_ERR), |f| unsafe { f(sig, handler) })
         }
