@@ -48,10 +48,16 @@ pub(crate) fn einval<T>() -> SysResult<T> {
 
 // ----------------------------------------------------------------- lifecycle steps
 
-/// shm_may_destroy + shm_destroy: a SHM_DEST segment goes when nattch reaches 0 (S75).
-pub fn maybe_destroy(g: &mut RegGuard, slot: usize) {
+/// shm_may_destroy: unattached, and removed (SHM_DEST, S75) or under
+/// shm_rmid_forced (S131).
+fn may_destroy(g: &RegGuard, slot: usize) -> bool {
     let s = g.slot(slot);
-    if s.is_used() && s.nattch.get() == 0 && s.mode.get() & SHM_DEST != 0 {
+    s.is_used() && s.nattch.get() == 0 && (s.mode.get() & SHM_DEST != 0 || g.hdr().rmid_forced.get() != 0)
+}
+
+/// shm_may_destroy + shm_destroy, after a detach.
+pub fn maybe_destroy(g: &mut RegGuard, slot: usize) {
+    if may_destroy(g, slot) {
         shm_destroy(g, slot);
     }
 }
@@ -81,9 +87,35 @@ pub fn shm_destroy(g: &mut RegGuard, slot: usize) {
 
 /// exit_shm: detaches everything proc entry `p` had attached, as its exit would
 /// (S120), destroys SHM_DEST segments it held last (S123), and frees the entry.
+/// If the process has ended (not an exec, which keeps it the creator, nor a
+/// dropped connection), the segments it created become orphans, or go at once
+/// under shm_rmid_forced when unattached (S130).
 pub fn detach_proc(g: &mut RegGuard, p: usize, now: i64) {
+    let e = g.proc_entry(p);
+    let (pid, start) = (e.pid.get(), e.start.get());
     for s in g.reap_proc(p, now) {
         maybe_destroy(g, s);
+    }
+    let created: Vec<usize> = (0..g.slot_hwm()).filter(|&i| g.slot(i).is_used() && g.slot(i).creator.get() == pid).collect();
+    if created.is_empty() || process::start_time(pid) == start && start != 0 {
+        return;
+    }
+    for i in created {
+        if may_destroy(g, i) {
+            shm_destroy(g, i);
+        } else {
+            g.slot(i).creator.set(0);
+        }
+    }
+}
+
+/// shm_destroy_orphaned: after shm_rmid_forced is set, every unattached segment
+/// whose creator has exited goes (S132).
+pub fn destroy_orphans(g: &mut RegGuard) {
+    for i in 0..g.slot_hwm() {
+        if g.slot(i).is_used() && g.slot(i).creator.get() == 0 && may_destroy(g, i) {
+            shm_destroy(g, i);
+        }
     }
 }
 
@@ -262,7 +294,14 @@ pub fn newseg_publish(g: &mut RegGuard, creds: &mut Creds, p: &GetParams, plan: 
     // Room for this segment's attaches: a full filesystem fails the create, never
     // a later shmat of a segment reported created.
     g.reserve_headroom()?;
-    let (idx, seq) = g.alloc_idx()?;
+    // An id written to shm_next_id is taken (and forgotten) here (S19).
+    let next = h.next_id.get();
+    let (idx, seq) = if next >= 0 {
+        h.next_id.set(-1);
+        g.alloc_idx_at(registry::id_idx(next), registry::id_seq(next))?
+    } else {
+        g.alloc_idx()?
+    };
     let serial = h.next_serial.get();
     let s = g.slot(idx);
     match holder {
@@ -295,6 +334,7 @@ pub fn newseg_publish(g: &mut RegGuard, creds: &mut Creds, p: &GetParams, plan: 
     s.pages.set(plan.numpages);
     s.ino.set(ino);
     s.rec_head.set(registry::NIL);
+    s.creator.set(creds.pid());
     s.state.set(SLOT_USED); // primary: visible from here on
     h.in_use.add(1);
     h.shm_tot.add(plan.numpages);
@@ -571,6 +611,127 @@ pub fn shmctl_locked(
         IPC_RMID => shmctl_rmid(g, creds, id),
         SHM_LOCK | SHM_UNLOCK => shmctl_lock(g, creds, id, cmd),
         _ => einval(), // S78
+    }
+}
+
+// ----------------------------------------------------------------- sysctls
+
+/// The IPC sysctls of /proc/sys/kernel that shm has (S133–S135, S19, S128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sysctl {
+    ShmMax,
+    ShmAll,
+    ShmMni,
+    RmidForced,
+    NextId,
+}
+
+impl Sysctl {
+    pub const ALL: [Sysctl; 5] = [Sysctl::ShmMax, Sysctl::ShmAll, Sysctl::ShmMni, Sysctl::RmidForced, Sysctl::NextId];
+
+    /// The file's name under /proc/sys/kernel.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sysctl::ShmMax => "shmmax",
+            Sysctl::ShmAll => "shmall",
+            Sysctl::ShmMni => "shmmni",
+            Sysctl::RmidForced => "shm_rmid_forced",
+            Sysctl::NextId => "shm_next_id",
+        }
+    }
+
+    pub fn from_name(n: &[u8]) -> Option<Sysctl> {
+        Sysctl::ALL.into_iter().find(|s| s.name().as_bytes() == n)
+    }
+
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(c: u32) -> Option<Sysctl> {
+        Sysctl::ALL.get(c as usize).copied()
+    }
+
+    /// Whether writing it needs CAP_CHECKPOINT_RESTORE (shm_next_id, mode 0444)
+    /// rather than the root ownership of a 0644 file.
+    pub fn checkpoint_only(self) -> bool {
+        self == Sysctl::NextId
+    }
+
+    /// Parses a write as the kernel's proc_doulongvec_minmax / proc_dointvec_minmax
+    /// do for a one-value table: blanks around the number, the first value only,
+    /// out of range or malformed is EINVAL.
+    pub fn parse(self, text: &[u8]) -> SysResult<i64> {
+        let t = text.iter().skip_while(|b| b.is_ascii_whitespace() || **b == 0).copied().collect::<Vec<u8>>();
+        let (neg, digits) = match t.first() {
+            Some(b'-') => (true, &t[1..]),
+            Some(b'+') => (false, &t[1..]),
+            _ => (false, &t[..]),
+        };
+        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return einval();
+        }
+        if let Some(c) = digits.get(n) {
+            if !c.is_ascii_whitespace() && *c != 0 {
+                return einval();
+            }
+        }
+        let v: u64 = std::str::from_utf8(&digits[..n]).ok().and_then(|d| d.parse().ok()).ok_or(Errno(libc::EINVAL))?;
+        match self {
+            // unsigned long: no sign, any u64 (kept as its bits)
+            Sysctl::ShmMax | Sysctl::ShmAll if neg => einval(),
+            Sysctl::ShmMax | Sysctl::ShmAll => Ok(v as i64),
+            _ => {
+                let v = if neg { -(v.min(1 << 40) as i64) } else { v.min(1 << 40) as i64 };
+                let (lo, hi) = match self {
+                    Sysctl::ShmMni => (0, MAX_SLOTS as i64),
+                    Sysctl::RmidForced => (0, 1),
+                    _ => (0, i32::MAX as i64),
+                };
+                if v < lo || v > hi {
+                    return einval();
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    /// The value as the file reads.
+    pub fn read(self, reg: &Registry) -> String {
+        let h = reg.header();
+        match self {
+            Sysctl::ShmMax => format!("{}\n", h.shmmax.get()),
+            Sysctl::ShmAll => format!("{}\n", h.shmall.get()),
+            Sysctl::ShmMni => format!("{}\n", h.shmmni.get()),
+            Sysctl::RmidForced => format!("{}\n", h.rmid_forced.get()),
+            Sysctl::NextId => format!("{}\n", h.next_id.get()),
+        }
+    }
+}
+
+/// Whether `creds` may open the sysctl for writing: the files are root's, 0644
+/// (shm_next_id 0444: writable with CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
+pub fn sysctl_may_write(creds: &mut Creds, which: Sysctl) -> bool {
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    creds.euid == 0 || which.checkpoint_only() && (creds.capable(CAP_CHECKPOINT_RESTORE) || creds.capable(CAP_SYS_ADMIN))
+}
+
+/// A write of a parsed value: limits apply from the next call; shm_rmid_forced
+/// set to 1 removes the orphans (S132).
+pub fn sysctl_write(g: &mut RegGuard, which: Sysctl, v: i64) {
+    let h = g.hdr();
+    match which {
+        Sysctl::ShmMax => h.shmmax.set(v as u64),
+        Sysctl::ShmAll => h.shmall.set(v as u64),
+        Sysctl::ShmMni => h.shmmni.set(v as u64),
+        Sysctl::NextId => h.next_id.set(v as i32),
+        Sysctl::RmidForced => {
+            h.rmid_forced.set(v as u32);
+            if v != 0 {
+                destroy_orphans(g);
+            }
+        }
     }
 }
 

@@ -48,6 +48,10 @@ pub const FORK_REC: u32 = 15;
 /// FORK {}, fds [the server's end of the child's connection] → {a: entry, b: gen}.
 pub const FORK: u32 = 16;
 
+/// SYSCTL {a: lifecycle::Sysctl code, b: parsed value} → {} (shared namespaces:
+/// a write of /proc/sys/kernel/shm*, by a writer the server checks again).
+pub const SYSCTL: u32 = 17;
+
 pub const DATA: usize = 112;
 pub const MSG_SIZE: usize = 8 + 6 * 8 + DATA;
 

@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSHIM\x02");
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Memfds the server makes ahead of time, so a creator of a private namespace needs
 /// no message to the server (see `server`).
@@ -183,6 +183,11 @@ shared_struct! {
         /// its descriptors of destroyed segments (their memory is free once no
         /// process maps them or caches a descriptor).
         pub released_epoch: U64,
+        /// kernel.shm_rmid_forced (S128–S132): 1 destroys segments at their last
+        /// detach and orphans at their creator's exit.
+        pub rmid_forced: U32,
+        /// kernel.shm_next_id (S19): the id the next creation takes, or -1.
+        pub next_id: I32,
         /// The server's pool of empty memfds.
         pub pool: [PoolEntry; POOL_SIZE],
         /// Serials of the last DESTROYED_RING destroyed segments: destruction number e
@@ -234,7 +239,9 @@ shared_struct! {
         pub server_fd: U64,
         /// Derived: head of this slot's record list.
         pub rec_head: U32,
-        _pad: U32,
+        /// The creator's pid while it lives (shm_creator); 0 once it exited: the
+        /// segment is an orphan, which shm_rmid_forced removes (S130).
+        pub creator: I32,
         /// Inode of the memfd: validates every descriptor before it is mapped.
         pub ino: U64,
     }
@@ -449,6 +456,7 @@ impl Registry {
         h.last_idx.set(-1);
         h.max_idx.set(-1);
         h.next_serial.set(1);
+        h.next_id.set(-1);
         h.rec_free.set(NIL);
         Ok(())
     }
@@ -930,6 +938,17 @@ impl<'a> RegGuard<'a> {
         }
         h.last_idx.set(idx as i32);
         Ok((idx, h.idr_seq.get()))
+    }
+
+    /// Allocates the first free index at or above `start` with sequence `seq`, as
+    /// the kernel does for an id written to shm_next_id (S19): the cyclic
+    /// allocator's state is left alone.
+    pub fn alloc_idx_at(&mut self, start: usize, seq: u32) -> SysResult<(usize, u32)> {
+        let idx = (start..MAX_SLOTS).find(|&i| !self.slot(i).is_used()).ok_or(Errno(libc::ENOSPC))?;
+        self.back(Region::Slots, idx)?;
+        let h = self.hdr();
+        h.slot_hwm.set(h.slot_hwm.get().max(idx as u32 + 1));
+        Ok((idx, seq))
     }
 
     // ------------------------------------------------------------- records

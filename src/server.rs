@@ -725,7 +725,7 @@ impl Server {
                 }
                 Some((r, Vec::new()))
             }
-            proto::SHMGET | proto::SHMAT | proto::SHMAT_DONE | proto::VM | proto::SHMCTL if self.shared => {
+            proto::SHMGET | proto::SHMAT | proto::SHMAT_DONE | proto::VM | proto::SHMCTL | proto::SYSCTL if self.shared => {
                 let me = self.conns.get(&conn).and_then(|c| c.me);
                 match self.shared_op(&m, me, cred) {
                     Ok(r) => Some(r),
@@ -984,6 +984,15 @@ impl Server {
                 let opens = if have > 0 { (m.c as u32).min(MAX_MAP_COUNT.saturating_sub(have)) } else { 0 };
                 let closes = (m.d as u32).min(have + opens);
                 lifecycle::book(&mut g, me.0, slot, serial, opens, closes, cred.pid);
+                Ok((r, Vec::new()))
+            }
+            proto::SYSCTL => {
+                let which = lifecycle::Sysctl::from_code(m.a as u32).ok_or(Errno(libc::EINVAL))?;
+                if !lifecycle::sysctl_may_write(&mut creds, which) {
+                    return Err(Errno(libc::EACCES));
+                }
+                let mut g = self.reg.lock();
+                lifecycle::sysctl_write(&mut g, which, m.b as i64);
                 Ok((r, Vec::new()))
             }
             proto::SHMCTL => {

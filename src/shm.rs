@@ -17,7 +17,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use crate::lifecycle::{
-    book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_done, shmat_hold, shmctl_locked, shmctl_stat, take_pooled, GetParams, Holder, SegInfo,
+    self, book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_done, shmat_hold, shmctl_locked, shmctl_stat, take_pooled, GetParams, Holder,
+    SegInfo, Sysctl,
 };
 pub use crate::lifecycle::{
     IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_RMID, IPC_SET, IPC_STAT, SHMLBA, SHM_EXEC, SHM_HUGETLB, SHM_INFO, SHM_LOCK, SHM_NORESERVE, SHM_RDONLY, SHM_REMAP,
@@ -663,6 +664,38 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         sys::copy_to_user(buf, &bytes[..len])?;
     }
     Ok(ret)
+}
+
+// ----------------------------------------------------------------- sysctls
+
+/// What /proc/sys/kernel/`which` reads in this namespace.
+pub fn sysctl_read(which: Sysctl) -> SysResult<String> {
+    let ns = process::namespace()?;
+    client::sync(ns)?;
+    ns.reg.read(|r| which.read(r)).map_err(|_| Errno(libc::EAGAIN))
+}
+
+/// Whether this process may open /proc/sys/kernel/`which` for writing.
+pub fn sysctl_may_write(which: Sysctl) -> bool {
+    lifecycle::sysctl_may_write(&mut Creds::current(), which)
+}
+
+/// A write of `text` to /proc/sys/kernel/`which`: EINVAL for what the kernel
+/// refuses, else the namespace's value changes with the kernel's effects.
+pub fn sysctl_write(which: Sysctl, text: &[u8]) -> SysResult<()> {
+    let v = which.parse(text)?;
+    let ns = process::namespace()?;
+    client::sync(ns)?;
+    if !ns.reg.is_shared() {
+        let _local = LOCAL.lock();
+        let mut g = ns.reg.lock();
+        lifecycle::sysctl_write(&mut g, which, v);
+        return Ok(());
+    }
+    let mut m = Msg::new(proto::SYSCTL);
+    (m.a, m.b) = (which.code() as u64, v as u64);
+    let mut local = LOCAL.lock();
+    client::request(&mut local, ns, &m, &[]).map_err(client::unavailable).map(|_| ())
 }
 
 // ----------------------------------------------------------------- listings

@@ -1299,3 +1299,15 @@ pub unsafe fn protect_text(addr: usize, len: usize, prot: i32) -> SysResult<()> 
     // SAFETY: as the caller guarantees.
     check(unsafe { raw(libc::SYS_mprotect, &[addr, len, prot as usize]) }).map(|_| ())
 }
+
+/// pread(2) into `buf`: the bytes read.
+pub fn pread(fd: RawFd, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    // SAFETY: buf is valid writable memory of its length.
+    check(unsafe { raw(libc::SYS_pread64, &[fd as usize, buf.as_mut_ptr() as usize, buf.len(), off as usize]) }).map(|n| n as usize)
+}
+
+/// fcntl(F_SETLEASE): takes (F_RDLCK, F_WRLCK) or drops (F_UNLCK) a lease.
+pub fn set_lease(fd: RawFd, kind: i32) -> SysResult<()> {
+    // SAFETY: fcntl with integer arguments only.
+    check(unsafe { raw(libc::SYS_fcntl, &[fd as usize, libc::F_SETLEASE as usize, kind as usize]) }).map(|_| ())
+}

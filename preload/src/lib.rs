@@ -15,8 +15,11 @@
 //! - `syscall`: `syscall(SYS_shmget, …)` and the other three reach the shim too
 //!   (S155), as does `SYS_remap_file_pages`; every other number passes through
 //!   untouched;
-//! - the `open`/`fopen` family, for `/proc/sysvipc/shm` only: programs such as
-//!   `ipcs` read the shim's namespace in the kernel's format (S138–S140).
+//! - the `open`/`fopen` family, for `/proc/sysvipc/shm` (programs such as `ipcs`
+//!   read the shim's namespace in the kernel's format, S138–S140) and the shm
+//!   sysctls of `/proc/sys/kernel`, whose writes `write`, `fflush` and `fclose`
+//!   apply (`sysctl`; S19, S128–S135); every other path and descriptor passes
+//!   through at the cost of a load.
 //!
 //! With `SHMSHIM_MODE=native` (or `auto` where the kernel's SysV IPC works) the
 //! four calls go to the kernel and nothing else is intercepted.
@@ -77,6 +80,7 @@ use shmshim_core::trace;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod patch;
+mod sysctl;
 mod trap;
 mod varargs;
 
@@ -151,7 +155,10 @@ fn shmget_inner(key: libc::key_t, size: size_t, shmflg: c_int) -> c_int {
         // SAFETY: forwarding the caller's arguments to libc's shmget.
         return next_fn!(c"shmget", unsafe extern "C" fn(libc::key_t, size_t, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(key, size, shmflg) });
     }
-    let r = guarded(|| shm::shmget(key, size, shmflg));
+    let r = guarded(|| {
+        settle_sysctls();
+        shm::shmget(key, size, shmflg)
+    });
     log::call(|| format!("shmget(key={key:#x}, size={size}, flg={shmflg:#o})"), r.map(|v| v as i64));
     finish(r, -1)
 }
@@ -172,7 +179,10 @@ fn shmat_inner(shmid: c_int, shmaddr: *const c_void, shmflg: c_int) -> *mut c_vo
         return next_fn!(c"shmat", unsafe extern "C" fn(c_int, *const c_void, c_int) -> *mut c_void)
             .map_or_else(|| enosys(usize::MAX as *mut c_void), |f| unsafe { f(shmid, shmaddr, shmflg) });
     }
-    let r = guarded(|| shm::do_shmat(shmid, shmaddr as usize, shmflg));
+    let r = guarded(|| {
+        settle_sysctls();
+        shm::do_shmat(shmid, shmaddr as usize, shmflg)
+    });
     log::call(|| format!("shmat(id={shmid}, addr={shmaddr:p}, flg={shmflg:#o})"), r.map(|v| v as i64));
     finish(r.map(|a| a as *mut c_void), usize::MAX as *mut c_void)
 }
@@ -192,7 +202,10 @@ fn shmdt_inner(shmaddr: *const c_void) -> c_int {
         // SAFETY: forwarding the caller's argument to libc's shmdt.
         return next_fn!(c"shmdt", unsafe extern "C" fn(*const c_void) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(shmaddr) });
     }
-    let r = guarded(|| shm::shmdt(shmaddr as usize));
+    let r = guarded(|| {
+        settle_sysctls();
+        shm::shmdt(shmaddr as usize)
+    });
     log::call(|| format!("shmdt(addr={shmaddr:p})"), r.map(|_| 0));
     finish(r.map(|_| 0), -1)
 }
@@ -215,7 +228,10 @@ fn shmctl_inner(shmid: c_int, cmd: c_int, buf: *mut c_void) -> c_int {
     }
     let frame = 0u8;
     sys::set_caller_sp(&frame as *const u8 as usize);
-    let r = guarded(|| shm::shmctl(shmid, cmd, buf as usize));
+    let r = guarded(|| {
+        settle_sysctls();
+        shm::shmctl(shmid, cmd, buf as usize)
+    });
     sys::set_caller_sp(0);
     log::call(|| format!("shmctl(id={shmid}, cmd={cmd}, buf={buf:p})"), r.map(|v| v as i64));
     finish(r, -1)
@@ -475,6 +491,12 @@ pub extern "C" fn dlmopen(lmid: libc::Lmid_t, file: *const c_char, mode: c_int) 
 /// `client::before_exec`), and restored if the exec fails.
 fn execing(exec: impl FnOnce() -> c_int) -> c_int {
     let ns = if Reentry::active() || !emulating() { None } else { process::namespace_if_open() };
+    if sysctl::any() && !Reentry::active() {
+        let _r = Reentry::enter();
+        let saved = sys::errno();
+        let _ = std::panic::catch_unwind(sysctl::settle);
+        sys::set_errno(saved);
+    }
     if let Some(ns) = ns {
         let _r = Reentry::enter();
         let _ = std::panic::catch_unwind(|| client::before_exec(ns));
@@ -544,6 +566,9 @@ fn reaped() {
     let saved = sys::errno();
     let _r = Reentry::enter();
     let _ = std::panic::catch_unwind(|| client::learn_deaths(ns));
+    if sysctl::any() {
+        let _ = std::panic::catch_unwind(sysctl::settle);
+    }
     sys::set_errno(saved);
 }
 
@@ -719,6 +744,143 @@ fn sysvipc_open(flags: c_int) -> c_int {
     finish(r, -1)
 }
 
+// ------------------------------------------------------------ /proc/sys/kernel/shm*
+
+fn sysctl_path(path: *const c_char) -> Option<shmshim_core::lifecycle::Sysctl> {
+    sysctl::which(path).filter(|_| emulating())
+}
+
+/// open(2) of a sysctl the shim serves (see `sysctl`).
+fn sysctl_open(w: shmshim_core::lifecycle::Sysctl, flags: c_int) -> c_int {
+    let r = guarded(|| sysctl::open(w, flags));
+    finish(r, -1)
+}
+
+/// fopen(3) of one: the open(2) its mode means, then fdopen.
+fn sysctl_fopen(w: shmshim_core::lifecycle::Sysctl, mode: *const c_char) -> *mut libc::FILE {
+    let mut m = [0u8; 2];
+    let _ = sys::copy_from_user(&mut m[..1], mode as usize);
+    let _ = sys::copy_from_user(&mut m[1..], mode as usize + 1);
+    let plus = m[1] == b'+'
+        || (m[1] != 0 && {
+            let mut c = [0u8; 1];
+            sys::copy_from_user(&mut c, mode as usize + 2).is_ok() && c[0] == b'+'
+        });
+    let flags = match (m[0], plus) {
+        (b'r', false) => libc::O_RDONLY,
+        (b'r' | b'w' | b'a', true) => libc::O_RDWR,
+        (b'w' | b'a', false) => libc::O_WRONLY,
+        _ => {
+            sys::set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+    };
+    let fd = sysctl_open(w, flags);
+    if fd < 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: fd is a descriptor we just opened; `mode` is the caller's string.
+    let f = unsafe { libc::fdopen(fd, mode) };
+    if f.is_null() {
+        sys::close(fd);
+    }
+    f
+}
+
+/// write(2): a write to a sysctl's descriptor is applied (or refused) as the
+/// kernel's; everything else goes to libc at the cost of one load.
+#[no_mangle]
+pub extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> isize {
+    if sysctl::any() && !Reentry::active() && !shmshim_core::fsmutex::holding_any() {
+        let r = guarded(|| sysctl::write(fd, buf as *const u8, n).map_or(Err(Errno(0)), |r| r.map(|v| v as isize)));
+        match r {
+            Err(Errno(0)) => {} // not a sysctl
+            r => return finish(r, -1),
+        }
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"write", unsafe extern "C" fn(c_int, *const c_void, size_t) -> isize).map_or_else(|| enosys(-1), |f| unsafe { f(fd, buf, n) })
+}
+
+/// fclose(3): a stream on a sysctl's descriptor has its flushed text applied,
+/// and fails with EINVAL where the kernel's flush would have.
+#[no_mangle]
+pub extern "C" fn fclose(fp: *mut libc::FILE) -> c_int {
+    let pending = if sysctl::any() && !fp.is_null() && !Reentry::active() {
+        // SAFETY: fp is the caller's open stream (fclose requires one).
+        let fd = unsafe { libc::fileno(fp) };
+        sysctl::pending_ino(fd).map(|ino| (fd, ino))
+    } else {
+        None
+    };
+    // SAFETY: forwarding the caller's arguments to libc.
+    let r = next_fn!(c"fclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(libc::EOF), |f| unsafe { f(fp) });
+    if let Some((fd, ino)) = pending {
+        if let Err(e) = guarded(|| sysctl::after_fclose(fd, ino)) {
+            sys::set_errno(e.0);
+            return libc::EOF;
+        }
+    }
+    r
+}
+
+/// fflush(3): as fclose, for a stream that stays open (a shell's `echo > file`
+/// flushes stdout, dup'ed onto the sysctl's descriptor, and checks `ferror`).
+#[no_mangle]
+pub extern "C" fn fflush(fp: *mut libc::FILE) -> c_int {
+    let pending = if sysctl::any() && !fp.is_null() && !Reentry::active() {
+        // SAFETY: fp is the caller's open stream.
+        let fd = unsafe { libc::fileno(fp) };
+        sysctl::pending_dup(fd).map(|ino| (fd, ino))
+    } else {
+        None
+    };
+    // SAFETY: forwarding the caller's arguments to libc.
+    let r = next_fn!(c"fflush", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(libc::EOF), |f| unsafe { f(fp) });
+    if let Some((_, ino)) = pending {
+        if let Err(e) = guarded(|| sysctl::after_flush(ino)) {
+            mark_stream_error(fp);
+            sys::set_errno(e.0);
+            return libc::EOF;
+        }
+    }
+    r
+}
+
+/// Sets a stream's error indicator, as a failed write does (`ferror` reads it):
+/// glibc's `_IO_ERR_SEEN` in the `_flags` word that starts its FILE.
+fn mark_stream_error(fp: *mut libc::FILE) {
+    #[cfg(target_env = "gnu")]
+    {
+        const IO_ERR_SEEN: c_int = 0x20;
+        let mut w = [0u8; 4];
+        if sys::copy_from_user(&mut w, fp as usize).is_ok() {
+            let flags = c_int::from_ne_bytes(w) | IO_ERR_SEEN;
+            let _ = sys::copy_to_user(fp as usize, &flags.to_ne_bytes());
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = fp;
+}
+
+/// Before a SysV call: sysctl writes made past the hooks take effect first.
+fn settle_sysctls() {
+    if sysctl::any() {
+        let saved = sys::errno();
+        let _ = std::panic::catch_unwind(sysctl::settle);
+        sys::set_errno(saved);
+    }
+}
+
+/// At exit: writes still pending reach the namespace.
+#[ctor::dtor]
+fn at_exit() {
+    if sysctl::any() && !Reentry::active() {
+        let _r = Reentry::enter();
+        let _ = std::panic::catch_unwind(sysctl::settle);
+    }
+}
+
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, c_uint) -> c_int;
 type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int;
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
@@ -729,6 +891,9 @@ pub extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int
     if is_sysvipc(path) {
         return sysvipc_open(flags);
     }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
+    }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"open", OpenFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags, mode) })
 }
@@ -737,6 +902,9 @@ pub extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int
 pub extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
     if is_sysvipc(path) {
         return sysvipc_open(flags);
+    }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"open64", OpenFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags, mode) })
@@ -747,6 +915,9 @@ pub extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
     if is_sysvipc(path) {
         return sysvipc_open(flags);
     }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
+    }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"__open_2", unsafe extern "C" fn(*const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags) })
 }
@@ -756,14 +927,44 @@ pub extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
     if is_sysvipc(path) {
         return sysvipc_open(flags);
     }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
+    }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"__open64_2", unsafe extern "C" fn(*const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags) })
+}
+
+#[no_mangle]
+pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"__openat_2", unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags) })
+}
+
+#[no_mangle]
+pub extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    if is_sysvipc(path) {
+        return sysvipc_open(flags);
+    }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
+    }
+    // SAFETY: forwarding the caller's arguments to libc.
+    next_fn!(c"__openat64_2", unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags) })
 }
 
 #[no_mangle]
 pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
     if is_sysvipc(path) {
         return sysvipc_open(flags);
+    }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"openat", OpenatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags, mode) })
@@ -773,6 +974,9 @@ pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: 
 pub extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
     if is_sysvipc(path) {
         return sysvipc_open(flags);
+    }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_open(w, flags);
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"openat64", OpenatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags, mode) })
@@ -796,6 +1000,9 @@ pub extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::
     if is_sysvipc(path) {
         return sysvipc_fopen(mode);
     }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_fopen(w, mode);
+    }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"fopen", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })
 }
@@ -804,6 +1011,9 @@ pub extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::
 pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
     if is_sysvipc(path) {
         return sysvipc_fopen(mode);
+    }
+    if let Some(w) = sysctl_path(path) {
+        return sysctl_fopen(w, mode);
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"fopen64", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })
