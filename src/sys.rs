@@ -695,11 +695,25 @@ pub fn on_own_stack(addr: usize, len: usize) -> bool {
     let floor = CALLER_SP.with(|c| c.get());
     let (lo, hi) = STACK.with(|s| {
         if s.get().1 == 0 {
+            // pthread_getattr_np takes the thread's lock (and, for the main
+            // thread, reads /proc/self/maps with stdio): a handler that called
+            // it again meanwhile would wait for itself.
+            let _quiet = block_signals();
             s.set(thread_stack());
         }
         s.get()
     });
     floor != 0 && sp >= lo && sp < hi && floor > sp && addr >= floor && addr.checked_add(len).map(|e| e <= hi).unwrap_or(false)
+}
+
+/// Learns the calling thread's stack bounds now, outside any signal handler (the
+/// preload library does so for the main thread at load).
+pub fn learn_thread_stack() {
+    STACK.with(|s| {
+        if s.get().1 == 0 {
+            s.set(thread_stack());
+        }
+    });
 }
 
 fn thread_stack() -> (usize, usize) {

@@ -435,13 +435,22 @@ fn install_and_ld_so_preload() {
     assert!(st.status.success(), "scripts/install: {}", String::from_utf8_lossy(&st.stderr));
     let bin = prefix.join("bin/shmshim");
     assert!(bin.is_file() && prefix.join("lib/libshmshim.so").is_file());
-    // From another directory, with nothing in the environment.
-    let o = run(Command::new("env").args(["-i"]).arg(&bin).args(["sandbox", "--shim", "--"]).arg(probe).args(["create", "0x61"]).current_dir("/"));
+    // From another directory, with nothing in the environment: the default
+    // namespace, of a fresh IPC namespace so that the machine's own stays
+    // untouched (and removed afterwards, its server first).
+    let script = format!(
+        r#"{bin} sandbox --shim -- {probe} create 0x61 || exit 1
+{bin} run -- {probe} rm 0x61 >/dev/null || exit 2
+d=/dev/shm/shmshim-0-ipc$(stat -L -c %i /proc/self/ns/ipc)
+[ -d "$d" ] || d=/tmp/shmshim-0-ipc$(stat -L -c %i /proc/self/ns/ipc)
+pkill -f "serve --daemon --dir $d\$" ; sleep 0.2; rm -rf "$d""#,
+        bin = bin.display(),
+        probe = probe.display()
+    );
+    let o = run(Command::new("unshare").args(["--ipc", "env", "-i", "sh", "-c", &script]).current_dir("/"));
     assert!(o.status.success(), "{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
     let id: i32 = text(&o).trim().parse().unwrap_or_else(|_| panic!("{}", text(&o)));
     assert!(id >= 0);
-    let o = run(Command::new("env").args(["-i"]).arg(&bin).args(["run", "--"]).arg(probe).args(["rm", "0x61"]).current_dir("/"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // System-wide: only /etc/ld.so.preload names the library.
     assert_eq!(unsafe_free_geteuid(), 0, "this test needs root (a mount namespace)");

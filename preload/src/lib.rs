@@ -42,6 +42,7 @@ fn snapshot() {
         shmshim_core::config::stand_aside();
         return;
     }
+    sys::learn_thread_stack();
     let cfg = shmshim_core::config::get();
     if cfg.trap && cfg.mode != shmshim_core::config::Mode::Native {
         // First of all: an inherited filter traps any SysV system call from here on.
