@@ -282,7 +282,8 @@ pub fn learn_deaths(ns: &Namespace) {
 /// runs before the server has seen our connection close. So this process's
 /// registration is ended now: its attaches detached (a private namespace's
 /// participant does it under the lock; a shared one's asks its server). If the
-/// exec fails, the next call registers anew and counts the attaches again.
+/// exec fails, `after_failed_exec` registers anew at once and counts the attaches
+/// again.
 pub fn before_exec(ns: &Namespace) {
     if crate::fsmutex::holding_any() {
         return;

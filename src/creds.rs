@@ -4,8 +4,8 @@
 //! A call made in the calling process uses [`Creds::current`]. The server decides a
 //! shared namespace's changes on [`Creds::of_peer`]: the pid, uid and gid the kernel
 //! attached to the request (`SCM_CREDENTIALS`), then the groups, fsgid, capabilities
-//! and `RLIMIT_MEMLOCK` from `/proc/PID`, read through a pidfd opened first and
-//! checked to be alive after, so a pid reused meanwhile is never believed.
+//! and `RLIMIT_MEMLOCK` from `/proc/PID`, read by path between opening a pidfd and
+//! checking through it that the process is still alive, so a pid reused meanwhile is never believed.
 
 use crate::registry::Slot;
 use crate::sys::{self, Errno, SysResult};
@@ -74,7 +74,7 @@ impl Creds {
         })
     }
 
-    /// The acting process's pid (S24: shm_cpid).
+    /// The acting process's pid (S23: shm_cpid).
     pub fn pid(&mut self) -> i32 {
         *self.pid.get_or_insert_with(sys::getpid)
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 thread_local! {
     /// How many shim locks (these mutexes and the registry lock) this thread holds.
     /// A signal handler that makes a SysV call while its thread holds one would
-    /// wait for itself: such a call fails at once instead (see `hooks`).
+    /// wait for itself: such a call fails at once instead (see preload's `guarded`).
     static HELD: Cell<u32> = const { Cell::new(0) };
 }
 

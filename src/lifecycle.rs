@@ -6,9 +6,11 @@
 //! dispatching to one function per command. Each step takes the registry guard
 //! and the acting process's credentials, so the same code runs in a participant
 //! of a private namespace and in the server of a shared one, on a client's behalf.
-//! Nothing here makes a system call on a segment or talks to the server: that is
-//! `shm` (the calls) and `client` (the connection), both above this layer. Every
-//! error names the item of docs/SEMANTICS.md it implements.
+//! Nothing here makes a system call on a segment or talks to the server (but for
+//! the non-blocking wake-up `process::wake_server` when a big or huge-page segment
+//! is destroyed): that is `shm` (the calls) and `client` (the connection), both
+//! above this layer. Errors name the docs/SEMANTICS.md item they implement where
+//! there is one.
 
 use crate::creds::{Creds, CAP_IPC_LOCK, CAP_SYS_ADMIN};
 pub use crate::frags::VmChange;
@@ -555,7 +557,7 @@ fn shmctl_rmid(g: &mut RegGuard, creds: &mut Creds, id: i32) -> SysResult<(i32, 
     Ok((0, None))
 }
 
-/// SHM_LOCK, SHM_UNLOCK (S105–S111).
+/// SHM_LOCK, SHM_UNLOCK (S106–S111).
 fn shmctl_lock(g: &mut RegGuard, creds: &mut Creds, id: i32, cmd: i32) -> SysResult<(i32, Option<CopyOut>)> {
     let slot = g.slot_of_id(id).ok_or(Errno(libc::EINVAL))?; // S111
     let s = g.slot(slot);

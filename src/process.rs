@@ -281,7 +281,7 @@ fn open_namespace() -> Result<Namespace, OpenFailure> {
     Ok(Namespace { reg, dir })
 }
 
-/// This process's namespace, opened at its first use (or early, see `prepare`).
+/// This process's namespace, opened at its first use (or early, see `client::prepare`).
 /// One that cannot be used is reported on stderr once, naming the problem, and
 /// calls fail with ENOSYS (as if SysV IPC were absent); a shortage of descriptors,
 /// memory or space fails the call with the kernel's errno and is retried next time.

@@ -8,8 +8,8 @@
 //! hand out memory carry a descriptor (`SCM_RIGHTS`).
 
 /// HELLO {a: pid, b: entry + 1 (0: none yet), c: gen, d: start time}
-/// → {a: entry, b: gen, c: server generation}, fds [shared epoll, server-death pipe
-/// (, read-only registry in a shared namespace)].
+/// → {a: entry, b: gen, c: server generation}, with two descriptors: the shared
+/// epoll instance and the server-death pipe.
 pub const HELLO: u32 = 1;
 /// ADOPT {a: entry, b: gen}, fds [the server's end of a child's connection]; no
 /// reply (a fork in a private namespace: the parent claimed the child's entry).
@@ -20,10 +20,11 @@ pub const MAKE: u32 = 3;
 /// NAMED {a: server fd number, b: serial, c: slot}: the memfd a MAKE gave was
 /// published as that segment (no reply).
 pub const NAMED: u32 = 8;
-/// GET {a: slot, b: serial, c: 1 for read-only} → fds [descriptor], with exactly
+/// GET {a: slot, b: serial, c: 1 for read-only} → a descriptor, with exactly
 /// the access the caller's credentials allow.
 pub const GET: u32 = 4;
-/// REFILL: the pool is half empty (no reply).
+/// REFILL: a quarter of the pool is gone, or a removed segment's memory is to be
+/// released now (no reply).
 pub const REFILL: u32 = 5;
 /// CHECK → {err: 0 or EIO, data: what does not hold}.
 pub const CHECK: u32 = 6;
@@ -32,7 +33,7 @@ pub const SYNC: u32 = 7;
 /// SHMGET {a: key, b: size, c: shmflg} → {a: id} (shared namespaces).
 pub const SHMGET: u32 = 10;
 /// SHMAT {a: id, b: access mask, c: shmflg} → {a: slot, b: serial, c: inode,
-/// d: mapped length, e: segsz | noreserve << 63}, fds [descriptor]: the attach is
+/// d: mapped length, e: segsz | noreserve << 63}, with a descriptor: the attach is
 /// counted (a hold) until SHMAT_DONE.
 pub const SHMAT: u32 = 11;
 /// SHMAT_DONE {a: slot, b: serial, c: 1 mapped / 0 failed} → {}.

@@ -6,7 +6,7 @@
 //!
 //! | region   | offset          | size                              |
 //! |----------|-----------------|-----------------------------------|
-//! | header   | 0               | 4096                              |
+//! | header   | 0               | `HEADER_SIZE` (16384)             |
 //! | slots    | `SLOTS_OFF`     | `MAX_SLOTS * size_of::<Slot>()`   |
 //! | key index| `INDEX_OFF`     | `INDEX_SIZE * 4`                  |
 //! | procs    | `PROCS_OFF`     | `MAX_PROCS * size_of::<ProcEntry>()` |
@@ -176,7 +176,7 @@ shared_struct! {
         /// Atomic, written by the server: memfds it has put in the pool so far (minus
         /// `pool_taken`, about how many are left; re-counted at each full sweep).
         pub pool_filled: U64,
-        /// Atomic: 1 once a creator has asked the server to refill a half-empty pool;
+        /// Atomic: 1 once a creator has asked the server to refill a pool a quarter empty;
         /// the server clears it when it refills.
         pub refill_asked: U64,
         /// Atomic, written by the server: the destroy_epoch up to which it has closed

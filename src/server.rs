@@ -10,7 +10,7 @@
 //! namespace directory ends the server). A second, *shared* epoll instance holds,
 //! per participant, something the kernel closes when the process exits, execs or
 //! is killed (its connection, or a pidfd for a participant adopted after a server
-//! restart), registered for hang-up only, plus the read end of a pipe whose write
+//! restart; connections for EPOLLRDHUP, pidfds for EPOLLIN), plus the read end of a pipe whose write
 //! end only the server holds. The server applies a death as soon as its own
 //! instance reports it. Every participant gets the shared instance at HELLO and
 //! checks it with one `epoll_wait(…, 0)` where it must not miss a death (after a
@@ -906,8 +906,8 @@ impl Server {
         self.fds.get(&n).filter(|f| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == s.ino.get()).unwrap_or(false)).map(|f| f.as_raw_fd())
     }
 
-    /// A descriptor with exactly the access `creds` may have: read-write, or a
-    /// read-only reopen where only reading is allowed.
+    /// A descriptor with the access the caller granted (it checked the
+    /// permission): read-write (`write`), or a read-only reopen.
     fn hand_out(&self, fd: RawFd, write: bool) -> SysResult<OwnedFd> {
         if write {
             sys::dup(fd)
@@ -1041,7 +1041,8 @@ impl Server {
 
     // ------------------------------------------------------------- bookkeeping
 
-    /// Without the lock: file pooled memfds creators took, close the memfds of
+    /// Without the lock (unless the ring overflowed: then a full sweep under it):
+    /// file pooled memfds creators took, close the memfds of
     /// segments destroyed since the last look (from the header's ring), refill the
     /// pool. O(pool + changes). True if anything changed.
     fn sweep_changes(&mut self) -> bool {

@@ -6,7 +6,8 @@
 //! [`RawMutex`]), because another process may write any byte of the mapping at
 //! any time. The [`Shared`] trait marks those types; [`shared_struct!`] declares a
 //! `#[repr(C)]` struct of them and proves, field by field, that it is one too.
-//! Every `unsafe` block behind the registry is in this module.
+//! Every `unsafe` block behind the registry is here or in `sys`, except the
+//! mutexes' initialisation in `registry::build`.
 
 use crate::cell::{I32, I64, U32, U64};
 use crate::sys::{self, SysResult};

@@ -2,8 +2,8 @@
 //! [`shmdt`] and [`shmctl`], plus the address-space changes the hooks report
 //! ([`vm_changed`], [`vm_remapped`], [`remap_file_pages`]) and the listings. In a
 //! private namespace each runs the `lifecycle` steps under the registry lock; in
-//! a shared one it asks the server (`client`), which runs the same steps. Every
-//! error names the item of docs/SEMANTICS.md it implements.
+//! a shared one it asks the server (`client`), which runs the same steps. Errors
+//! name the docs/SEMANTICS.md item they implement where there is one.
 
 use crate::client;
 use crate::creds::{Creds, CAP_SYS_RAWIO};

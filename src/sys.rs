@@ -656,8 +656,8 @@ pub static CRED_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 static CACHED_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static CACHED_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// (euid, egid), cached until the next credential change through libc (see the
-/// hooks) or fork. Two system calls saved on every SysV call.
+/// (euid, egid), cached until the next credential change made through the
+/// shim's hooks. Two system calls saved on every SysV call.
 pub fn eids() -> (u32, u32) {
     use std::sync::atomic::Ordering::Acquire;
     use std::sync::atomic::Ordering::Release;
@@ -891,8 +891,6 @@ pub fn read_small(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// shmctl straight to the kernel, bypassing libc and the shim's own `syscall`
-/// hook (used once, to probe whether native SysV IPC works).
 /// The shmdt system call itself (trap mode's load-time probe).
 pub fn raw_shmdt(addr: usize) -> SysResult<i64> {
     // SAFETY: shmdt of an address that is never an attach (the caller passes an
@@ -900,6 +898,8 @@ pub fn raw_shmdt(addr: usize) -> SysResult<i64> {
     check(unsafe { raw(libc::SYS_shmdt, &[addr]) })
 }
 
+/// shmctl straight to the kernel, bypassing libc and the shim's own `syscall`
+/// hook (used once, to probe whether native SysV IPC works).
 pub fn raw_shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i64> {
     // SAFETY: the shmctl system call with a buffer the caller owns (IPC_INFO
     // writes at most 72 bytes); no other state is touched.
@@ -1213,7 +1213,8 @@ pub fn trap_sysv_shm() -> SysResult<()> {
 pub fn deny_sysv_shm_in(cmd: &mut std::process::Command, errno: i32) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook runs in the child between fork and exec; deny_sysv_shm
-    // only builds a filter on the stack and calls prctl, both async-signal-safe.
+    // only builds a filter on the stack and calls prctl and seccomp(2), all
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || deny_sysv_shm(errno).map_err(|e| std::io::Error::from_raw_os_error(e.0)));
     }
@@ -1253,7 +1254,7 @@ pub fn set_dumpable(on: bool) {
 
 /// Whether a signal handler may be installed in this process. The preload
 /// library sets it when the program installs one through libc (its `sigaction`
-/// and `signal` hooks), or at once when those calls do not reach its hooks (it
+/// and `signal`-family hooks: `signal`, `sigset`, `bsd_signal`, `sysv_signal`), or at once when those calls do not reach its hooks (it
 /// was not preloaded); it is never cleared. A process started by exec has none.
 pub static HANDLERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

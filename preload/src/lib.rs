@@ -2,7 +2,10 @@
 //! sets errno and logs. Panics never cross into the host program: they become
 //! EINVAL (and a message on stderr).
 //!
-//! Besides the four SysV calls, shmshim interposes:
+//! Besides the four SysV calls, shmshim interposes (each group below with the
+//! reason; also `mmap`/`mmap64` for MAP_FIXED over attaches, the wait family with
+//! `system` and `pclose`, `sigaction` and the `signal` family, and the
+//! credential and root changes `set*id`, `setgroups`, `capset`, `chroot`):
 //! - `munmap`, `mprotect`, `madvise`, `mremap`, `remap_file_pages`: to follow
 //!   attach fragments (S71–S74, S124); they forward to the kernel by raw syscall;
 //! - `dlmopen`: the libc copy of a new link-map namespace has its SysV functions

@@ -40,9 +40,10 @@ pub fn which(path: *const c_char) -> Option<Sysctl> {
 /// One descriptor opened for writing.
 struct Pending {
     which: Sysctl,
-    /// The program's descriptor number at open, and the file's inode.
+    /// The program's descriptor number at open, and the file's identity
+    /// (device and inode).
     fd: RawFd,
-    ino: u64,
+    ino: (u64, u64),
     /// The library's own read-write handle on the file (a separate open file
     /// description), to read what bypassed `write`, consume it, and tell by a
     /// lease when the program's descriptions are gone.
@@ -77,7 +78,8 @@ pub fn open(which: Sysctl, flags: c_int) -> SysResult<RawFd> {
     // The namespace directory exists once the namespace is open.
     shm::sysctl_read(which)?;
     let file = sys::open(&dir, libc::O_TMPFILE | libc::O_RDWR | if cloexec { libc::O_CLOEXEC } else { 0 }, 0o600)?;
-    let ino = sys::fstat(file.as_raw_fd())?.st_ino;
+    let st = sys::fstat(file.as_raw_fd())?;
+    let ino = (st.st_dev, st.st_ino);
     let me = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|_| Errno(libc::EINVAL))?;
     let handle = sys::high_fd(sys::open(&me, libc::O_RDWR | libc::O_CLOEXEC, 0)?);
     let fd = file.into_raw_fd();
@@ -92,15 +94,19 @@ fn find(p: &[Pending], fd: RawFd) -> Option<usize> {
     if !p.iter().any(|e| e.fd == fd) {
         return None;
     }
-    let ino = sys::fstat(fd).ok()?.st_ino;
-    p.iter().position(|e| e.fd == fd && e.ino == ino)
+    let st = sys::fstat(fd).ok()?;
+    p.iter().position(|e| e.fd == fd && e.ino == (st.st_dev, st.st_ino))
 }
 
-/// A hooked write(2): `Some(result)` if `fd` writes a sysctl (applied now).
+/// A hooked write(2): `Some(result)` if `fd` writes a sysctl (applied now),
+/// whatever number the program moved the descriptor to (a shell's `echo >`
+/// writes through a dup on descriptor 1).
 pub fn write(fd: RawFd, buf: *const u8, n: usize) -> Option<SysResult<usize>> {
+    let st = sys::fstat(fd).ok()?;
+    let ino = (st.st_dev, st.st_ino);
     let which = {
         let p = PENDING.lock();
-        p[find(&p, fd)?].which
+        p.iter().find(|e| e.ino == ino)?.which
     };
     let mut bytes = vec![0u8; n.min(4096)];
     Some(sys::copy_from_user(&mut bytes, buf as usize).map_err(|_| Errno(libc::EFAULT)).and_then(|()| shm::sysctl_write(which, &bytes)).map(|()| n))
@@ -145,7 +151,7 @@ pub fn settle() {
 
 /// After libc's fclose of a stream on `fd` (whose flush went to the file): the
 /// written value, applied; Err(EINVAL) if the kernel would have refused it.
-pub fn after_fclose(fd: RawFd, ino: u64) -> SysResult<()> {
+pub fn after_fclose(fd: RawFd, ino: (u64, u64)) -> SysResult<()> {
     let mut p = PENDING.lock();
     let Some(i) = p.iter().position(|e| e.fd == fd && e.ino == ino) else { return Ok(()) };
     let r = apply(&p[i]);
@@ -156,9 +162,9 @@ pub fn after_fclose(fd: RawFd, ino: u64) -> SysResult<()> {
     r
 }
 
-/// The inode of `fd` if it is a pending sysctl descriptor (for fclose, which
+/// The identity of `fd`'s file if it is a pending sysctl descriptor (for fclose, which
 /// must look before the stream and its descriptor go).
-pub fn pending_ino(fd: RawFd) -> Option<u64> {
+pub fn pending_ino(fd: RawFd) -> Option<(u64, u64)> {
     if !any() {
         return None;
     }
@@ -166,19 +172,20 @@ pub fn pending_ino(fd: RawFd) -> Option<u64> {
     find(&p, fd).map(|i| p[i].ino)
 }
 
-/// The inode of the pending file `fd` writes, whatever number the program moved
+/// The identity of the pending file `fd` writes, whatever number the program moved
 /// it to (a shell's `echo >` writes through a dup on descriptor 1).
-pub fn pending_dup(fd: RawFd) -> Option<u64> {
+pub fn pending_dup(fd: RawFd) -> Option<(u64, u64)> {
     if !any() {
         return None;
     }
-    let ino = sys::fstat(fd).ok()?.st_ino;
+    let st = sys::fstat(fd).ok()?;
+    let ino = (st.st_dev, st.st_ino);
     let p = PENDING.lock();
     p.iter().any(|e| e.ino == ino).then_some(ino)
 }
 
-/// After a flush through any descriptor of pending file `ino`.
-pub fn after_flush(ino: u64) -> SysResult<()> {
+/// After a flush through any descriptor of the pending file `ino` (device, inode).
+pub fn after_flush(ino: (u64, u64)) -> SysResult<()> {
     let p = PENDING.lock();
     match p.iter().find(|e| e.ino == ino) {
         Some(e) => apply(e),

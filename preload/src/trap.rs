@@ -50,11 +50,14 @@ pub fn install(real_sigaction: unsafe extern "C" fn(c_int, *const libc::sigactio
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = on_sigsys as *const () as usize;
     sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: the real sigaction with a valid action; the old one is discarded
-    // (a process just loaded has SIGSYS at its default).
-    if unsafe { real_sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) } != 0 {
+    // SAFETY: an all-zero sigaction is a valid value of this plain C struct.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: the real sigaction with a valid action and a place for the old one
+    // (after an exec: SIG_DFL, or an inherited SIG_IGN, which the program keeps).
+    if unsafe { real_sigaction(libc::SIGSYS, &sa, &mut old) } != 0 {
         return false;
     }
+    PROG_HANDLER.store(old.sa_sigaction, Ordering::Release);
     ACTIVE.store(true, Ordering::Release);
     PROBING.store(true, Ordering::Release);
     // shmdt(1) is harmless everywhere: EINVAL from the kernel, ENOSYS in a
