@@ -99,7 +99,7 @@ pub fn detach_proc(g: &mut RegGuard, p: usize, now: i64) {
         maybe_destroy(g, s);
     }
     let created: Vec<usize> = (0..g.slot_hwm()).filter(|&i| g.slot(i).is_used() && g.slot(i).creator.get() == pid).collect();
-    if created.is_empty() || process::start_time(pid) == start && start != 0 {
+    if created.is_empty() || process::runs(pid, start) {
         return;
     }
     for i in created {

@@ -469,6 +469,20 @@ pub fn reopen(fd: RawFd, flags: i32) -> SysResult<OwnedFd> {
 }
 
 /// This process's start time (clock ticks after boot), which with its pid names it.
+/// Whether process `pid` started at `start` still runs (a zombie has ended):
+/// what tells an exec or a closed connection from an exit.
+pub fn runs(pid: i32, start: u64) -> bool {
+    sys::read_small(&format!("/proc/{pid}/stat"))
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let mut f = rest.split_whitespace();
+            let state = f.next()?;
+            let st: u64 = f.nth(18)?.parse().ok()?;
+            Some(st == start && start != 0 && state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
 pub fn start_time(pid: i32) -> u64 {
     sys::read_small(&format!("/proc/{pid}/stat"))
         .and_then(|s| {

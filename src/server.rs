@@ -146,6 +146,11 @@ impl Background {
                 // Handed over before the entry is emptied (the main thread looks
                 // at the pool before it takes what was handed over).
                 self.lock().claimed.push((taken, -fd));
+                // Nothing is written to a registry that was truncated or
+                // overwritten meanwhile: checked right before the stores.
+                if !self.reg.intact() {
+                    return worked;
+                }
                 e.taken.store(0, Ordering::Release);
                 e.fd.store(0, Ordering::Release);
                 worked = true;
@@ -169,6 +174,9 @@ impl Background {
             // published: whoever claims the entry finds the memfd owned by the
             // server. Nothing is written to a registry that was truncated or
             // overwritten meanwhile.
+            // (A descriptor handed over but left unpublished is closed by the
+            // main thread's next full sweep.)
+            self.lock().made.push(fd);
             if !self.reg.intact() {
                 return worked;
             }
@@ -176,7 +184,6 @@ impl Background {
                 self.lock().fill += 1;
                 continue;
             }
-            self.lock().made.push(fd);
             e.ino.store(st.st_ino, Ordering::Release);
             e.fd.store(n, Ordering::Release);
             self.reg.header().pool_filled.atomic().fetch_add(1, Ordering::AcqRel);
@@ -1060,6 +1067,9 @@ impl Server {
             let fd = e.fd.load(Ordering::Acquire);
             let taken = e.taken.load(Ordering::Acquire);
             if fd < 0 && taken != 0 {
+                if !self.reg.intact() {
+                    return changed;
+                }
                 self.by_serial.insert(taken, -fd);
                 e.taken.store(0, Ordering::Release);
                 e.fd.store(0, Ordering::Release);
@@ -1147,6 +1157,9 @@ impl Server {
     /// memory of destroyed segments is released.
     fn release(&mut self, fds: Vec<OwnedFd>) {
         drop(fds);
+        if !self.reg.intact() {
+            return;
+        }
         self.reg.header().released_epoch.atomic().fetch_max(self.seen_epoch, Ordering::AcqRel);
     }
 

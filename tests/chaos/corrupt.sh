@@ -81,6 +81,9 @@ for v in truncate truncate0 garbage text version; do
     if [ $rc -ne 0 ] || [ ! -f "$reg" ]; then
         why+=("setup: creating a segment under the shim failed (status $rc): $(head -c 300 "$base/create.err" "$base/create.out" | tr '\n' ' ')")
     else
+        # The namespace is idle first: the server has applied the creator's exit
+        # (a SYNC round trip), so what follows is the corruption's doing alone.
+        env SHMSHIM_DIR="$dir" "$SHMSHIM" check >/dev/null 2>&1 || true
         corrupt "$v" "$reg"
         before=$(sum "$reg")
 
