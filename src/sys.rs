@@ -706,16 +706,6 @@ pub fn on_own_stack(addr: usize, len: usize) -> bool {
     floor != 0 && sp >= lo && sp < hi && floor > sp && addr >= floor && addr.checked_add(len).map(|e| e <= hi).unwrap_or(false)
 }
 
-/// Learns the calling thread's stack bounds now, outside any signal handler (the
-/// preload library does so for the main thread at load).
-pub fn learn_thread_stack() {
-    STACK.with(|s| {
-        if s.get().1 == 0 {
-            s.set(thread_stack());
-        }
-    });
-}
-
 fn thread_stack() -> (usize, usize) {
     // SAFETY: pthread_getattr_np fills attr for the calling thread; we read the
     // stack bounds and destroy attr.

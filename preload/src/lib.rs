@@ -45,7 +45,6 @@ fn snapshot() {
         shmshim_core::config::stand_aside();
         return;
     }
-    sys::learn_thread_stack();
     let cfg = shmshim_core::config::get();
     if cfg.trap && cfg.mode != shmshim_core::config::Mode::Native {
         // First of all: an inherited filter traps any SysV system call from here on.
@@ -762,14 +761,14 @@ fn sysctl_open(w: shmshim_core::lifecycle::Sysctl, flags: c_int) -> c_int {
 
 /// fopen(3) of one: the open(2) its mode means, then fdopen.
 fn sysctl_fopen(w: shmshim_core::lifecycle::Sysctl, mode: *const c_char) -> *mut libc::FILE {
-    let mut m = [0u8; 2];
-    let _ = sys::copy_from_user(&mut m[..1], mode as usize);
-    let _ = sys::copy_from_user(&mut m[1..], mode as usize + 1);
-    let plus = m[1] == b'+'
-        || (m[1] != 0 && {
-            let mut c = [0u8; 1];
-            sys::copy_from_user(&mut c, mode as usize + 2).is_ok() && c[0] == b'+'
-        });
+    // The mode's first three characters (up to its NUL): "r", "w+", "rb+"…
+    let mut m = [0u8; 3];
+    for (i, b) in m.iter_mut().enumerate() {
+        if sys::copy_from_user(std::slice::from_mut(b), mode as usize + i).is_err() || *b == 0 {
+            break;
+        }
+    }
+    let plus = m[1..].contains(&b'+');
     let flags = match (m[0], plus) {
         (b'r', false) => libc::O_RDONLY,
         (b'r' | b'w' | b'a', true) => libc::O_RDWR,
@@ -783,12 +782,7 @@ fn sysctl_fopen(w: shmshim_core::lifecycle::Sysctl, mode: *const c_char) -> *mut
     if fd < 0 {
         return std::ptr::null_mut();
     }
-    // SAFETY: fd is a descriptor we just opened; `mode` is the caller's string.
-    let f = unsafe { libc::fdopen(fd, mode) };
-    if f.is_null() {
-        sys::close(fd);
-    }
-    f
+    stream_on(fd, mode)
 }
 
 /// write(2): a write to a sysctl's descriptor is applied (or refused) as the
@@ -806,21 +800,22 @@ pub extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> isize {
     next_fn!(c"write", unsafe extern "C" fn(c_int, *const c_void, size_t) -> isize).map_or_else(|| enosys(-1), |f| unsafe { f(fd, buf, n) })
 }
 
-/// fclose(3): a stream on a sysctl's descriptor has its flushed text applied,
-/// and fails with EINVAL where the kernel's flush would have.
-#[no_mangle]
-pub extern "C" fn fclose(fp: *mut libc::FILE) -> c_int {
+/// Runs libc's fclose or fflush (`real`) on `fp`; a stream on a sysctl's file has
+/// its flushed text applied, and fails with EINVAL (its error flag set) where the
+/// kernel's write would have.
+fn flush_stream(fp: *mut libc::FILE, closing: bool, real: impl FnOnce() -> c_int) -> c_int {
     let pending = if sysctl::any() && !fp.is_null() && !Reentry::active() {
-        // SAFETY: fp is the caller's open stream (fclose requires one).
-        let fd = unsafe { libc::fileno(fp) };
-        sysctl::pending_ino(fd).map(|ino| (fd, ino))
+        // SAFETY: fp is the caller's open stream (fclose and fflush require one).
+        sysctl::pending(unsafe { libc::fileno(fp) })
     } else {
         None
     };
-    // SAFETY: forwarding the caller's arguments to libc.
-    let r = next_fn!(c"fclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(libc::EOF), |f| unsafe { f(fp) });
-    if let Some((fd, ino)) = pending {
-        if let Err(e) = guarded(|| sysctl::after_fclose(fd, ino)) {
+    let r = real();
+    if let Some(ino) = pending {
+        if let Err(e) = guarded(|| sysctl::flushed(ino, closing)) {
+            if !closing {
+                mark_stream_error(fp);
+            }
             sys::set_errno(e.0);
             return libc::EOF;
         }
@@ -828,27 +823,19 @@ pub extern "C" fn fclose(fp: *mut libc::FILE) -> c_int {
     r
 }
 
+/// fclose(3) (see `flush_stream`).
+#[no_mangle]
+pub extern "C" fn fclose(fp: *mut libc::FILE) -> c_int {
+    // SAFETY: forwarding the caller's arguments to libc.
+    flush_stream(fp, true, || next_fn!(c"fclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(libc::EOF), |f| unsafe { f(fp) }))
+}
+
 /// fflush(3): as fclose, for a stream that stays open (a shell's `echo > file`
 /// flushes stdout, dup'ed onto the sysctl's descriptor, and checks `ferror`).
 #[no_mangle]
 pub extern "C" fn fflush(fp: *mut libc::FILE) -> c_int {
-    let pending = if sysctl::any() && !fp.is_null() && !Reentry::active() {
-        // SAFETY: fp is the caller's open stream.
-        let fd = unsafe { libc::fileno(fp) };
-        sysctl::pending_dup(fd).map(|ino| (fd, ino))
-    } else {
-        None
-    };
     // SAFETY: forwarding the caller's arguments to libc.
-    let r = next_fn!(c"fflush", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(libc::EOF), |f| unsafe { f(fp) });
-    if let Some((_, ino)) = pending {
-        if let Err(e) = guarded(|| sysctl::after_flush(ino)) {
-            mark_stream_error(fp);
-            sys::set_errno(e.0);
-            return libc::EOF;
-        }
-    }
-    r
+    flush_stream(fp, false, || next_fn!(c"fflush", unsafe extern "C" fn(*mut libc::FILE) -> c_int).map_or_else(|| enosys(libc::EOF), |f| unsafe { f(fp) }))
 }
 
 /// Sets a stream's error indicator, as a failed write does (`ferror` reads it):
@@ -885,6 +872,33 @@ fn at_exit() {
     }
 }
 
+/// The descriptor of an open(2) of a path the shim serves: /proc/sysvipc/shm or
+/// a shm sysctl. None: the path goes to libc.
+fn served_open(path: *const c_char, flags: c_int) -> Option<c_int> {
+    if is_sysvipc(path) {
+        return Some(sysvipc_open(flags));
+    }
+    sysctl_path(path).map(|w| sysctl_open(w, flags))
+}
+
+/// The stream of an fopen(3) of a path the shim serves.
+fn served_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
+    if is_sysvipc(path) {
+        return Some(sysvipc_fopen(mode));
+    }
+    sysctl_path(path).map(|w| sysctl_fopen(w, mode))
+}
+
+/// fdopen of a descriptor the shim just opened (closed again if that fails).
+fn stream_on(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: fd is a descriptor we just opened; `mode` is the caller's string.
+    let f = unsafe { libc::fdopen(fd, mode) };
+    if f.is_null() {
+        sys::close(fd);
+    }
+    f
+}
+
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, c_uint) -> c_int;
 type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int;
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
@@ -892,11 +906,8 @@ type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::
 /// open(2); `mode` is read only with O_CREAT/O_TMPFILE, as in C.
 #[no_mangle]
 pub extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"open", OpenFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags, mode) })
@@ -904,11 +915,8 @@ pub extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int
 
 #[no_mangle]
 pub extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"open64", OpenFn).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags, mode) })
@@ -916,11 +924,8 @@ pub extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_i
 
 #[no_mangle]
 pub extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"__open_2", unsafe extern "C" fn(*const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags) })
@@ -928,11 +933,8 @@ pub extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
 
 #[no_mangle]
 pub extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"__open64_2", unsafe extern "C" fn(*const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(path, flags) })
@@ -940,11 +942,8 @@ pub extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
 
 #[no_mangle]
 pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"__openat_2", unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags) })
@@ -952,11 +951,8 @@ pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) ->
 
 #[no_mangle]
 pub extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"__openat64_2", unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags) })
@@ -964,11 +960,8 @@ pub extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) 
 
 #[no_mangle]
 pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"openat", OpenatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags, mode) })
@@ -976,11 +969,8 @@ pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: 
 
 #[no_mangle]
 pub extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    if is_sysvipc(path) {
-        return sysvipc_open(flags);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_open(w, flags);
+    if let Some(fd) = served_open(path, flags) {
+        return fd;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"openat64", OpenatFn).map_or_else(|| enosys(-1), |f| unsafe { f(dirfd, path, flags, mode) })
@@ -991,21 +981,13 @@ fn sysvipc_fopen(mode: *const c_char) -> *mut libc::FILE {
     if fd < 0 {
         return std::ptr::null_mut();
     }
-    // SAFETY: fd is a descriptor we just opened; `mode` is the caller's string.
-    let f = unsafe { libc::fdopen(fd, mode) };
-    if f.is_null() {
-        sys::close(fd);
-    }
-    f
+    stream_on(fd, mode)
 }
 
 #[no_mangle]
 pub extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
-    if is_sysvipc(path) {
-        return sysvipc_fopen(mode);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_fopen(w, mode);
+    if let Some(f) = served_fopen(path, mode) {
+        return f;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"fopen", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })
@@ -1013,11 +995,8 @@ pub extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::
 
 #[no_mangle]
 pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
-    if is_sysvipc(path) {
-        return sysvipc_fopen(mode);
-    }
-    if let Some(w) = sysctl_path(path) {
-        return sysctl_fopen(w, mode);
+    if let Some(f) = served_fopen(path, mode) {
+        return f;
     }
     // SAFETY: forwarding the caller's arguments to libc.
     next_fn!(c"fopen64", FopenFn).map_or_else(|| enosys(std::ptr::null_mut()), |f| unsafe { f(path, mode) })

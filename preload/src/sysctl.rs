@@ -40,9 +40,8 @@ pub fn which(path: *const c_char) -> Option<Sysctl> {
 /// One descriptor opened for writing.
 struct Pending {
     which: Sysctl,
-    /// The program's descriptor number at open, and the file's identity
-    /// (device and inode).
-    fd: RawFd,
+    /// The file's identity (device, inode): the program may write it through
+    /// any descriptor number (a shell's `echo >` dups it onto 1).
     ino: (u64, u64),
     /// The library's own read-write handle on the file (a separate open file
     /// description), to read what bypassed `write`, consume it, and tell by a
@@ -84,26 +83,16 @@ pub fn open(which: Sysctl, flags: c_int) -> SysResult<RawFd> {
     let handle = sys::high_fd(sys::open(&me, libc::O_RDWR | libc::O_CLOEXEC, 0)?);
     let fd = file.into_raw_fd();
     let mut p = PENDING.lock();
-    p.push(Pending { which, fd, ino, handle });
+    p.push(Pending { which, ino, handle });
     COUNT.store(p.len(), Ordering::Release);
     Ok(fd)
-}
-
-/// The pending entry `fd` is, if it is still the file it was opened on.
-fn find(p: &[Pending], fd: RawFd) -> Option<usize> {
-    if !p.iter().any(|e| e.fd == fd) {
-        return None;
-    }
-    let st = sys::fstat(fd).ok()?;
-    p.iter().position(|e| e.fd == fd && e.ino == (st.st_dev, st.st_ino))
 }
 
 /// A hooked write(2): `Some(result)` if `fd` writes a sysctl (applied now),
 /// whatever number the program moved the descriptor to (a shell's `echo >`
 /// writes through a dup on descriptor 1).
 pub fn write(fd: RawFd, buf: *const u8, n: usize) -> Option<SysResult<usize>> {
-    let st = sys::fstat(fd).ok()?;
-    let ino = (st.st_dev, st.st_ino);
+    let ino = pending(fd)?;
     let which = {
         let p = PENDING.lock();
         p.iter().find(|e| e.ino == ino)?.which
@@ -149,32 +138,8 @@ pub fn settle() {
     COUNT.store(p.len(), Ordering::Release);
 }
 
-/// After libc's fclose of a stream on `fd` (whose flush went to the file): the
-/// written value, applied; Err(EINVAL) if the kernel would have refused it.
-pub fn after_fclose(fd: RawFd, ino: (u64, u64)) -> SysResult<()> {
-    let mut p = PENDING.lock();
-    let Some(i) = p.iter().position(|e| e.fd == fd && e.ino == ino) else { return Ok(()) };
-    let r = apply(&p[i]);
-    if abandoned(&p[i]) {
-        p.remove(i);
-    }
-    COUNT.store(p.len(), Ordering::Release);
-    r
-}
-
-/// The identity of `fd`'s file if it is a pending sysctl descriptor (for fclose, which
-/// must look before the stream and its descriptor go).
-pub fn pending_ino(fd: RawFd) -> Option<(u64, u64)> {
-    if !any() {
-        return None;
-    }
-    let p = PENDING.lock();
-    find(&p, fd).map(|i| p[i].ino)
-}
-
-/// The identity of the pending file `fd` writes, whatever number the program moved
-/// it to (a shell's `echo >` writes through a dup on descriptor 1).
-pub fn pending_dup(fd: RawFd) -> Option<(u64, u64)> {
+/// The identity of the pending file `fd` writes, if it writes one.
+pub fn pending(fd: RawFd) -> Option<(u64, u64)> {
     if !any() {
         return None;
     }
@@ -184,11 +149,16 @@ pub fn pending_dup(fd: RawFd) -> Option<(u64, u64)> {
     p.iter().any(|e| e.ino == ino).then_some(ino)
 }
 
-/// After a flush through any descriptor of the pending file `ino` (device, inode).
-pub fn after_flush(ino: (u64, u64)) -> SysResult<()> {
-    let p = PENDING.lock();
-    match p.iter().find(|e| e.ino == ino) {
-        Some(e) => apply(e),
-        None => Ok(()),
+/// After libc flushed a stream on the pending file `ino` (fflush, or fclose:
+/// `closed`): the written value, applied; Err(EINVAL) if the kernel would have
+/// refused it. A closed stream's file is forgotten once nobody writes it.
+pub fn flushed(ino: (u64, u64), closed: bool) -> SysResult<()> {
+    let mut p = PENDING.lock();
+    let Some(i) = p.iter().position(|e| e.ino == ino) else { return Ok(()) };
+    let r = apply(&p[i]);
+    if closed && abandoned(&p[i]) {
+        p.remove(i);
+        COUNT.store(p.len(), Ordering::Release);
     }
+    r
 }
