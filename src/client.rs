@@ -320,8 +320,7 @@ pub fn after_failed_exec(ns: &Namespace) {
 /// some, waits for it to close them.
 pub fn release_destroyed(local: &mut Local, ns: &Namespace) {
     local.sweep_fds(&ns.reg);
-    let h = ns.reg.header();
-    if h.released_epoch.get() != h.destroy_epoch.get() && local.conn.is_some() {
+    if !ns.reg.all_released() && local.conn.is_some() {
         let _ = request(local, ns, &Msg::new(proto::SYNC), &[]);
     }
 }

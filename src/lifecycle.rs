@@ -154,25 +154,46 @@ pub fn lookup_checks(g: &Registry, creds: &mut Creds, slot: usize, p: &GetParams
 }
 
 /// Huge page size selected by shmflg bits 26..31 (S3); 0 = the default size.
+/// The huge page sizes (hstates) and the default one are fixed at boot, so they
+/// are learnt once per process.
 fn hugepage_size(flg: i32) -> SysResult<usize> {
+    use std::sync::atomic::AtomicU64;
+    // Bit k: 1 << k is a huge page size this kernel has; 0: not read yet.
+    static SIZES: AtomicU64 = AtomicU64::new(0);
+    static DEFAULT: AtomicU64 = AtomicU64::new(0);
+    if SIZES.load(Ordering::Acquire) == 0 {
+        let mut sizes = 1u64; // bit 0 marks "read"
+        for e in std::fs::read_dir("/sys/kernel/mm/hugepages").into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let kb = name.to_str().and_then(|n| n.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse::<u64>().ok());
+            if let Some(kb) = kb.filter(|kb| kb.is_power_of_two()) {
+                sizes |= 1u64.checked_shl((kb * 1024).trailing_zeros()).unwrap_or(0);
+            }
+        }
+        let default = sys::read_small("/proc/meminfo")
+            .and_then(|m| m.lines().find(|l| l.starts_with("Hugepagesize:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+            .map(|kb| kb * 1024)
+            .unwrap_or(2 << 20);
+        DEFAULT.store(default, Ordering::Release);
+        SIZES.store(sizes, Ordering::Release);
+    }
     let code = (flg as u32 >> 26) & 0x3f;
-    let default = sys::read_small("/proc/meminfo")
-        .and_then(|m| m.lines().find(|l| l.starts_with("Hugepagesize:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
-        .map(|kb| kb * 1024)
-        .unwrap_or(2 << 20);
-    let size = if code == 0 { default } else { 1usize.checked_shl(code).ok_or(Errno(libc::EINVAL))? };
+    let size = if code == 0 { DEFAULT.load(Ordering::Acquire) as usize } else { 1usize.checked_shl(code).ok_or(Errno(libc::EINVAL))? };
     // Supported sizes are the hstates the kernel has.
-    if std::path::Path::new(&format!("/sys/kernel/mm/hugepages/hugepages-{}kB", size / 1024)).is_dir() {
+    if size.is_power_of_two() && size > 1 && SIZES.load(Ordering::Acquire) >> size.trailing_zeros() & 1 == 1 {
         Ok(size)
     } else {
         einval() // S45: unknown size code
     }
 }
 
-fn hugetlb_free_pages(size: usize) -> u64 {
+/// Whether `need` huge pages of `size` are free and unreserved (resv_hugepages is
+/// read only when free_hugepages alone would do).
+fn hugetlb_pages_free(size: usize, need: u64) -> bool {
     let rd =
         |f: &str| sys::read_small(&format!("/sys/kernel/mm/hugepages/hugepages-{}kB/{f}", size / 1024)).and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
-    rd("free_hugepages").saturating_sub(rd("resv_hugepages"))
+    let free = rd("free_hugepages");
+    free >= need && free.saturating_sub(rd("resv_hugepages")) >= need
 }
 
 fn in_hugetlb_group(creds: &mut Creds) -> bool {
@@ -259,7 +280,7 @@ pub fn newseg_plan(g: &Registry, creds: &mut Creds, p: &GetParams) -> SysResult<
             return Err(Errno(libc::EPERM)); // S45
         }
         map_len = size.checked_add(hsize - 1).ok_or(Errno(libc::ENOSPC))? / hsize * hsize;
-        if !noreserve && hugetlb_free_pages(hsize) < (map_len / hsize) as u64 {
+        if !noreserve && !hugetlb_pages_free(hsize, (map_len / hsize) as u64) {
             return Err(Errno(libc::ENOMEM)); // S46
         }
         mfd_flags |= libc::MFD_HUGETLB | ((hsize.trailing_zeros() & 0x3f) << 26);

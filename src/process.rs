@@ -85,6 +85,17 @@ pub struct CachedFd {
     pub above: bool,
 }
 
+impl CachedFd {
+    /// Frees the memory of a destroyed segment now, as the kernel does when it
+    /// destroys one: the memfd is truncated to nothing, whoever else still holds a
+    /// descriptor of it (the server always does). A destroyed segment has no
+    /// attach left anywhere, so no mapping loses pages (S75). False if the
+    /// descriptor is no longer ours.
+    fn empty(&self) -> bool {
+        matches!(sys::fstat(self.rw), Ok(st) if st.st_ino == self.ino) && sys::ftruncate(self.rw, 0).is_ok()
+    }
+}
+
 impl Drop for CachedFd {
     fn drop(&mut self) {
         for fd in std::iter::once(self.rw).chain(self.ro) {
@@ -447,7 +458,13 @@ impl Local {
             });
         } else {
             for e in self.epoch..epoch {
-                self.fds.remove(&h.destroyed[e as usize % crate::registry::DESTROYED_RING].atomic().load(Ordering::Acquire));
+                let i = e as usize % crate::registry::DESTROYED_RING;
+                let serial = h.destroyed[i].atomic().load(Ordering::Acquire);
+                if let Some(c) = self.fds.remove(&serial) {
+                    if c.empty() {
+                        h.emptied[i].atomic().store(serial, Ordering::Release);
+                    }
+                }
             }
         }
         self.epoch = epoch;

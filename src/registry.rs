@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSHIM\x02");
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Memfds the server makes ahead of time, so a creator of a private namespace needs
 /// no message to the server (see `server`).
@@ -194,6 +194,10 @@ shared_struct! {
         /// (destroy_epoch before it) is at e % DESTROYED_RING. Lets processes and the
         /// server drop descriptors of removed segments in O(removals).
         pub destroyed: [U64; DESTROYED_RING],
+        /// Atomic: beside `destroyed`, the serial of that destruction once a process
+        /// holding a descriptor of the memfd has emptied it (ftruncate to 0): its
+        /// memory is free whoever still holds a descriptor, the server included.
+        pub emptied: [U64; DESTROYED_RING],
     }
 }
 
@@ -382,6 +386,29 @@ static EMPTY_PROC: ProcEntry = ProcEntry::ZERO;
 static EMPTY_REC: Rec = Rec::ZERO;
 
 impl Registry {
+    /// What changes whenever a segment goes or the memory of one is released
+    /// (destroy_epoch, released_epoch): a creation that failed for want of ids or
+    /// memory is worth retrying only if this moved.
+    pub fn release_stamp(&self) -> (u64, u64) {
+        let h = self.header();
+        (h.destroy_epoch.atomic().load(Ordering::Acquire), h.released_epoch.atomic().load(Ordering::Acquire))
+    }
+
+    /// Whether the memory of every destroyed segment is free: the server has
+    /// closed its descriptors up to `released_epoch`, and each destruction after
+    /// that was emptied by a process that held its memfd.
+    pub fn all_released(&self) -> bool {
+        let h = self.header();
+        let (from, to) = (h.released_epoch.atomic().load(Ordering::Acquire), h.destroy_epoch.atomic().load(Ordering::Acquire));
+        if to.wrapping_sub(from) > DESTROYED_RING as u64 {
+            return false;
+        }
+        (from..to).all(|e| {
+            let i = e as usize % DESTROYED_RING;
+            h.emptied[i].atomic().load(Ordering::Acquire) == h.destroyed[i].atomic().load(Ordering::Acquire)
+        })
+    }
+
     /// Opens the registry in `dir` read-write, creating it atomically if absent:
     /// the new file is built completely under a temporary name and then linked into
     /// place, so no process ever sees a half-initialised registry.

@@ -68,11 +68,16 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
         creds.set_pid(local.pid); // ensure_conn checked it is ours
         create_local(&mut local, ns, creds, &p)
     };
+    let before = ns.reg.release_stamp();
     match create(&mut creds) {
-        Err(Errno(libc::ENOMEM | libc::ENOSPC)) => {
+        Err(e @ Errno(libc::ENOMEM | libc::ENOSPC)) => {
             // Deaths the server has not applied yet may free ids and pages: apply
-            // them (and let their memory go), then try once more (S37, S38).
+            // them (and let their memory go), then, if a segment went or memory was
+            // released meanwhile, try once more (S37, S38).
             client::learn_deaths(ns);
+            if ns.reg.release_stamp() == before {
+                return Err(e);
+            }
             create(&mut creds)
         }
         r => r,
@@ -95,7 +100,7 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             }
         }
         let plan = match newseg_plan(&g, creds, p) {
-            Err(Errno(libc::ENOMEM)) if p.flg & SHM_HUGETLB != 0 && !synced => {
+            Err(Errno(libc::ENOMEM)) if p.flg & SHM_HUGETLB != 0 && !synced && !ns.reg.all_released() => {
                 // Huge pages held by segments removed a moment ago go when the
                 // server closes their memfds: let it, then look again (S46).
                 drop(g);
@@ -420,6 +425,61 @@ fn rehint(a: &Attach) {
         let advice = if k % 2 == 1 { libc::MADV_RANDOM } else { libc::MADV_NORMAL };
         sys::madvise(f.addr, f.len, advice);
     }
+}
+
+/// MADV_POPULATE_READ over a writable part of one attach whose pages do not
+/// exist yet. A SysV mapping faults each page in on its own; a memfd mapping's
+/// read faults also try to map the neighbouring pages already in the file
+/// ("fault-around", which finds only the pages just populated), which makes
+/// populating fresh memory a third slower than the kernel's. Allocating the holes
+/// with fallocate and populating for writing (no fault-around, and no dirtying
+/// per page since fallocate's pages are dirty already) allocates the same pages,
+/// maps them with the same access, at the kernel's cost. Pages that exist are
+/// left to the plain call (fault-around maps them sixteen at a time), and so are
+/// small ranges. None: the
+/// caller makes the plain call, which also reports every error as the kernel does.
+pub fn populate_read(addr: usize, len: usize) -> Option<()> {
+    // Below sixteen pages (one fault-around window) the plain call is as fast.
+    if !addr.is_multiple_of(PAGE) || len < 16 * PAGE {
+        return None;
+    }
+    let ns = process::namespace_if_open()?;
+    let end = addr.checked_add(len.div_ceil(PAGE) * PAGE)?;
+    let _quiet = sys::block_signals();
+    let mut local = LOCAL.lock();
+    let a = local.attaches.iter().find(|a| a.frags.iter().any(|f| f.addr <= addr && addr < f.end()))?;
+    let (slot, serial) = (a.slot, a.serial);
+    let s = ns.reg.slot(slot);
+    if s.serial.get() != serial || s.flags.get() & crate::registry::F_HUGETLB != 0 {
+        return None; // hugetlb mappings do not fault around
+    }
+    // The file ranges behind [addr, end): contiguous writable fragments only.
+    let mut ranges = Vec::new();
+    let mut at = addr;
+    for f in &a.frags {
+        if f.end() <= at {
+            continue;
+        }
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        if f.addr > at || f.flags & rw != rw {
+            return None;
+        }
+        let e = f.end().min(end);
+        ranges.push((f.pgoff + (at - f.addr), e - at));
+        at = e;
+        if at == end {
+            break;
+        }
+    }
+    if at != end || sys::any_resident(addr, end - addr)? {
+        return None;
+    }
+    let fd = local.cached_fd(serial, s.ino.get(), 0, false)?;
+    for (off, n) in ranges {
+        sys::fallocate_keep_size(fd, off as u64, n as u64).ok()?;
+    }
+    drop(local);
+    sys::madvise(addr, end - addr, libc::MADV_POPULATE_WRITE).then_some(())
 }
 
 /// Applies a change to every attach of this process and returns, per segment,

@@ -330,6 +330,37 @@ pub fn fallocate(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
     retry(|| check(unsafe { libc::fallocate(fd, 0, off as i64, len as i64) } as libc::c_long).map(|_| ()))
 }
 
+/// Allocates the holes of `[off, off+len)` of a file without changing its size
+/// (FALLOC_FL_KEEP_SIZE); pages that exist are left as they are.
+pub fn fallocate_keep_size(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a descriptor; no memory is passed.
+    retry(|| check(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, off as i64, len as i64) } as libc::c_long).map(|_| ()))
+}
+
+/// Whether any page of the mapped, page-aligned range `[addr, addr+len)` is
+/// resident (for a shared file mapping: in the file's page cache), by mincore(2)
+/// in chunks. None if mincore fails (a range not wholly mapped).
+pub fn any_resident(addr: usize, len: usize) -> Option<bool> {
+    const CHUNK: usize = 1024;
+    let mut vec = [0u8; CHUNK];
+    let mut at = addr;
+    let end = addr.checked_add(len)?;
+    while at < end {
+        let n = ((end - at).div_ceil(4096)).min(CHUNK);
+        // SAFETY: mincore writes one byte per page of the range into `vec`, which
+        // has room for `n` pages; the range is only inspected.
+        let r = unsafe { libc::mincore(at as *mut libc::c_void, n * 4096, vec.as_mut_ptr()) };
+        if r != 0 {
+            return None;
+        }
+        if vec[..n].iter().any(|b| b & 1 != 0) {
+            return Some(true);
+        }
+        at += n * 4096;
+    }
+    Some(false)
+}
+
 pub fn link(from: &CStr, to: &CStr) -> SysResult<()> {
     // SAFETY: both are NUL-terminated paths.
     check(unsafe { libc::link(from.as_ptr(), to.as_ptr()) } as libc::c_long).map(|_| ())
@@ -878,7 +909,22 @@ pub fn now() -> i64 {
 
 /// Reads a whole small file (procfs, sysfs) as a string.
 pub fn read_small(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok()
+    // open and pread until the end: no stat, no extra read (procfs and sysfs
+    // files report no size anyway).
+    let fd = open(&cstr(std::path::Path::new(path)), libc::O_RDONLY, 0).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match pread(fd.as_raw_fd(), &mut buf[len..], len as u64).ok()? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 /// The shmdt system call itself (trap mode's load-time probe).

@@ -286,6 +286,9 @@ pub extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_in
         libc::MADV_DODUMP => Some(VmChange::Flag(FL_DONTDUMP, false)),
         _ => None,
     };
+    if advice == libc::MADV_POPULATE_READ && shm::populate_read(addr as usize, len).is_some() {
+        return 0;
+    }
     let op = || if sys::madvise(addr as usize, len, advice) { Ok(addr as usize) } else { Err(Errno::last()) };
     let r = match change {
         Some(c) => tracked(addr as usize, len, c, op),
@@ -372,7 +375,22 @@ fn forking(real: ForkFn) -> pid_t {
     // A registered process registers its child too (even without attaches: the
     // child may not be able to reach the namespace directory, e.g. after a uid
     // change, and inherits the registration instead).
-    let child = if local.conn.is_none() || local.pid != sys::getpid() { None } else { client::register_child(&mut local, ns).ok() };
+    let child = if local.conn.is_none() || local.pid != sys::getpid() {
+        None
+    } else {
+        match client::register_child(&mut local, ns) {
+            Ok(c) => Some(c),
+            // A child whose attaches nobody counts could outlive the segment's
+            // destruction, which frees its pages: fork fails as for want of kernel
+            // memory instead (a child without attaches registers later).
+            Err(_) if local.attaches.iter().any(|a| a.inherited() > 0) => {
+                drop(local);
+                sys::set_errno(libc::ENOMEM);
+                return -1;
+            }
+            Err(_) => None,
+        }
+    };
     // Atfork handlers run inside the real fork on this thread: memory calls they
     // make must not re-enter the shim while LOCAL is held.
     let reentry = Reentry::enter();
