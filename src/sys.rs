@@ -918,7 +918,7 @@ pub fn read_small(path: &str) -> Option<String> {
         if len == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        match pread(fd.as_raw_fd(), &mut buf[len..], len as u64).ok()? {
+        match retry(|| pread(fd.as_raw_fd(), &mut buf[len..], len as u64)).ok()? {
             0 => break,
             n => len += n,
         }
