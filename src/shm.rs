@@ -471,10 +471,15 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
             break;
         }
     }
-    if at != end || sys::any_resident(addr, end - addr)? {
+    if at != end {
         return None;
     }
     let fd = local.cached_fd(serial, s.ino.get(), 0, false)?;
+    // A file with no block allocated has no page anywhere; otherwise mincore says
+    // whether this range has one.
+    if sys::fstat(fd).ok()?.st_blocks != 0 && sys::any_resident(addr, end - addr)? {
+        return None;
+    }
     for (off, n) in ranges {
         sys::fallocate_keep_size(fd, off as u64, n as u64).ok()?;
     }
