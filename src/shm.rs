@@ -480,10 +480,14 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     if sys::fstat(fd).ok()?.st_blocks != 0 && sys::any_resident(addr, end - addr)? {
         return None;
     }
-    for (off, n) in ranges {
-        sys::fallocate_keep_size(fd, off as u64, n as u64).ok()?;
-    }
+    // The allocation may take long: other threads' calls (and signals) are not held
+    // up meanwhile, and a descriptor of our own stays valid whatever they close.
+    let fd = sys::dup_at_least(fd, 200).ok()?;
     drop(local);
+    drop(_quiet);
+    for (off, n) in ranges {
+        sys::fallocate_keep_size(fd.as_raw_fd(), off as u64, n as u64).ok()?;
+    }
     sys::madvise(addr, end - addr, libc::MADV_POPULATE_WRITE).then_some(())
 }
 
