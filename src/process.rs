@@ -461,7 +461,9 @@ impl Local {
                 let i = e as usize % crate::registry::DESTROYED_RING;
                 let serial = h.destroyed[i].atomic().load(Ordering::Acquire);
                 if let Some(c) = self.fds.remove(&serial) {
-                    if c.empty() {
+                    // A shared namespace's client maps the registry read-only (and
+                    // its server empties what it destroys).
+                    if reg.writable && c.empty() {
                         h.emptied[i].atomic().store(serial, Ordering::Release);
                     }
                 }
