@@ -64,6 +64,19 @@ static void on_alarm(int sig)
     int n = snprintf(b, sizeof b, "HANG: no progress for %d s in step \"%s\"\n", HANG_SECONDS, step);
     if (write(1, b, n) < 0) {
     }
+    /* What every process is blocked in, for the report (fork and exec are
+     * async-signal-safe; the shell runs without the shim). */
+    pid_t d = fork();
+    if (d == 0) {
+        static char *const env[] = {"PATH=/usr/bin:/bin", NULL};
+        execle("/bin/sh", "sh", "-c",
+               "ps -eo pid,ppid,pgid,stat,wchan:28,args | grep -E 'shmshim|crash|STAT' | grep -v grep;"
+               "for p in $(pgrep -f 'shmshim|chaos'); do echo \"--- $p $(cat /proc/$p/comm)\";"
+               " for t in /proc/$p/task/*; do cat $t/stack 2>/dev/null | head -6; done; done",
+               (char *)NULL, env);
+        _exit(127);
+    }
+    if (d > 0) waitpid(d, NULL, 0);
     _exit(3);
 }
 
