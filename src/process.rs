@@ -79,6 +79,9 @@ impl Drop for HeldFd {
 pub struct CachedFd {
     pub slot: usize,
     pub ino: u64,
+    /// The memfd's device: with `ino`, what makes sure a number is still ours
+    /// before it is emptied (a program's file elsewhere may share the inode number).
+    pub dev: u64,
     pub rw: RawFd,
     pub ro: Option<RawFd>,
     /// At or above the soft RLIMIT_NOFILE (see FD_CACHE_ABOVE).
@@ -92,7 +95,7 @@ impl CachedFd {
     /// attach left anywhere, so no mapping loses pages (S75). False if the
     /// descriptor is no longer ours.
     fn empty(&self) -> bool {
-        matches!(sys::fstat(self.rw), Ok(st) if st.st_ino == self.ino) && sys::ftruncate(self.rw, 0).is_ok()
+        matches!(sys::fstat(self.rw), Ok(st) if st.st_ino == self.ino && st.st_dev == self.dev) && sys::ftruncate(self.rw, 0).is_ok()
     }
 }
 
@@ -425,6 +428,10 @@ impl Local {
     /// it once).
     pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) -> Option<OwnedFd> {
         self.fds.remove(&serial);
+        let dev = match sys::fstat(fd.as_raw_fd()) {
+            Ok(st) if st.st_ino == ino => st.st_dev,
+            _ => return Some(fd),
+        };
         let below = self.fds.values().filter(|c| !c.above).count();
         let (fd, above) = if below < FD_CACHE {
             (high_fd(fd), false)
@@ -436,7 +443,7 @@ impl Local {
                 Err(fd) => return Some(fd),
             }
         };
-        self.fds.insert(serial, CachedFd { slot, ino, rw: fd.into_raw_fd(), ro: None, above });
+        self.fds.insert(serial, CachedFd { slot, ino, dev, rw: fd.into_raw_fd(), ro: None, above });
         None
     }
 

@@ -475,9 +475,14 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
         return None;
     }
     let fd = local.cached_fd(serial, s.ino.get(), 0, false)?;
+    let dev = local.fds.get(&serial)?.dev;
+    let st = sys::fstat(fd).ok()?;
+    if st.st_dev != dev || st.st_ino != s.ino.get() {
+        return None;
+    }
     // A file with no block allocated has no page anywhere; otherwise mincore says
     // whether this range has one.
-    if sys::fstat(fd).ok()?.st_blocks != 0 && sys::any_resident(addr, end - addr)? {
+    if st.st_blocks != 0 && sys::any_resident(addr, end - addr)? {
         return None;
     }
     // The allocation may take long: other threads' calls (and signals) are not held
