@@ -1159,11 +1159,6 @@ impl Server {
     /// background thread's CPU time goes to the pool) and records how far the
     /// memory of destroyed segments is released.
     fn release(&mut self, fds: Vec<OwnedFd>) {
-        // Emptied first: the memory goes now even where a participant still
-        // caches a descriptor (a destroyed segment has no attach left).
-        for fd in &fds {
-            let _ = sys::ftruncate(fd.as_raw_fd(), 0);
-        }
         drop(fds);
         if !self.reg.intact() {
             return;
