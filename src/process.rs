@@ -89,20 +89,26 @@ pub struct CachedFd {
 }
 
 impl CachedFd {
+    /// `fd`'s status if the number still names the segment's memfd (device and
+    /// inode): a program that closes descriptors it did not open may have reused it.
+    fn ours(&self, fd: RawFd) -> Option<libc::stat> {
+        sys::fstat(fd).ok().filter(|st| st.st_ino == self.ino && st.st_dev == self.dev)
+    }
+
     /// Frees the memory of a destroyed segment now, as the kernel does when it
     /// destroys one: the memfd is truncated to nothing, whoever else still holds a
     /// descriptor of it (the server always does). A destroyed segment has no
     /// attach left anywhere, so no mapping loses pages (S75). False if the
     /// descriptor is no longer ours.
     fn empty(&self) -> bool {
-        matches!(sys::fstat(self.rw), Ok(st) if st.st_ino == self.ino && st.st_dev == self.dev) && sys::ftruncate(self.rw, 0).is_ok()
+        self.ours(self.rw).is_some() && sys::ftruncate(self.rw, 0).is_ok()
     }
 }
 
 impl Drop for CachedFd {
     fn drop(&mut self) {
         for fd in std::iter::once(self.rw).chain(self.ro) {
-            if matches!(sys::fstat(fd), Ok(st) if st.st_ino == self.ino) {
+            if self.ours(fd).is_some() {
                 sys::close(fd);
             }
         }
@@ -395,22 +401,31 @@ impl Local {
         NFRAGS.store(self.count_frags(), Ordering::Release);
     }
 
+    /// The validated cached read-write descriptor for `serial` and its status, its
+    /// file at least `size` bytes long.
+    pub fn cached_rw(&mut self, serial: u64, ino: u64, size: u64) -> Option<(RawFd, libc::stat)> {
+        let c = self.fds.get(&serial)?;
+        match c.ours(c.rw).filter(|st| c.ino == ino && sized(c.rw, st, size)) {
+            Some(st) => Some((c.rw, st)),
+            None => {
+                // The program closed or replaced our descriptor: Drop will not
+                // close a number that is no longer ours.
+                self.fds.remove(&serial);
+                None
+            }
+        }
+    }
+
     /// A validated cached descriptor for `serial` (rdonly: a read-only reopen),
     /// its file at least `size` bytes long.
     pub fn cached_fd(&mut self, serial: u64, ino: u64, size: u64, rdonly: bool) -> Option<RawFd> {
-        let c = self.fds.get_mut(&serial)?;
-        let ok = c.ino == ino && matches!(sys::fstat(c.rw), Ok(st) if st.st_ino == ino && sized(c.rw, &st, size));
-        if !ok {
-            // The program closed or replaced our descriptor: Drop will not close
-            // a number that is no longer ours.
-            self.fds.remove(&serial);
-            return None;
-        }
+        let (rw, _) = self.cached_rw(serial, ino, size)?;
         if !rdonly {
-            return Some(c.rw);
+            return Some(rw);
         }
+        let c = self.fds.get_mut(&serial)?;
         if let Some(ro) = c.ro {
-            if matches!(sys::fstat(ro), Ok(st) if st.st_ino == ino) {
+            if c.ours(ro).is_some() {
                 return Some(ro);
             }
             c.ro = None; // not ours any more: forget it

@@ -459,8 +459,8 @@ impl Registry {
     /// and allocates the header and the key index.
     fn build(fd: &OwnedFd, limits: Limits, shared: bool) -> SysResult<()> {
         sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)?;
-        sys::fallocate(fd.as_raw_fd(), 0, HEADER_SIZE as u64)?;
-        sys::fallocate(fd.as_raw_fd(), INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
+        sys::fallocate(fd.as_raw_fd(), 0, 0, HEADER_SIZE as u64)?;
+        sys::fallocate(fd.as_raw_fd(), 0, INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
         let map = map_fd(fd, true)?;
         let reg = Registry { map, path: PathBuf::new(), fd: sys::dup(fd.as_raw_fd())?, writable: true };
         let h = reg.header();
@@ -871,7 +871,7 @@ impl<'a> RegGuard<'a> {
         let from = off + have.get() as usize * size;
         let to = (off + (i + 1) * size).div_ceil(CHUNK) * CHUNK;
         let to = to.min(off + max * size);
-        sys::fallocate(self.reg.fd.as_raw_fd(), from as u64, (to - from) as u64).map_err(|e| match e.0 {
+        sys::fallocate(self.reg.fd.as_raw_fd(), 0, from as u64, (to - from) as u64).map_err(|e| match e.0 {
             libc::EOPNOTSUPP => Errno(libc::ENOSPC),
             libc::EDQUOT => Errno(libc::ENOSPC),
             _ => e,

@@ -436,8 +436,8 @@ fn rehint(a: &Attach) {
 /// per page since fallocate's pages are dirty already) allocates the same pages,
 /// maps them with the same access, at the kernel's cost. Pages that exist are
 /// left to the plain call (fault-around maps them sixteen at a time), and so are
-/// small ranges. None: the
-/// caller makes the plain call, which also reports every error as the kernel does.
+/// small ranges. None: the caller makes the plain call, which also reports every
+/// error as the kernel does.
 pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     // Below sixteen pages (one fault-around window) the plain call is as fast.
     if !addr.is_multiple_of(PAGE) || len < 16 * PAGE {
@@ -474,12 +474,7 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     if at != end {
         return None;
     }
-    let fd = local.cached_fd(serial, s.ino.get(), 0, false)?;
-    let dev = local.fds.get(&serial)?.dev;
-    let st = sys::fstat(fd).ok()?;
-    if st.st_dev != dev || st.st_ino != s.ino.get() {
-        return None;
-    }
+    let (fd, st) = local.cached_rw(serial, s.ino.get(), 0)?;
     // A file with no block allocated has no page anywhere; otherwise mincore says
     // whether this range has one.
     if st.st_blocks != 0 && sys::any_resident(addr, end - addr)? {
@@ -491,7 +486,7 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     drop(local);
     drop(_quiet);
     for (off, n) in ranges {
-        sys::fallocate_keep_size(fd.as_raw_fd(), off as u64, n as u64).ok()?;
+        sys::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off as u64, n as u64).ok()?;
     }
     sys::madvise(addr, end - addr, libc::MADV_POPULATE_WRITE).then_some(())
 }

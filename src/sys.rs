@@ -323,18 +323,13 @@ pub fn ftruncate(fd: RawFd, len: u64) -> SysResult<()> {
     retry(|| check(unsafe { libc::ftruncate(fd, len as i64) } as libc::c_long).map(|_| ()))
 }
 
-/// Allocates `[off, off+len)` of a file (mode 0), so that later writes through a
-/// mapping cannot fail for want of space.
-pub fn fallocate(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
+/// fallocate(2) of `[off, off+len)`: mode 0 allocates (and may extend the file),
+/// so that later writes through a mapping cannot fail for want of space;
+/// FALLOC_FL_KEEP_SIZE allocates the holes without changing the size. Pages that
+/// exist are left as they are either way.
+pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a descriptor; no memory is passed.
-    retry(|| check(unsafe { libc::fallocate(fd, 0, off as i64, len as i64) } as libc::c_long).map(|_| ()))
-}
-
-/// Allocates the holes of `[off, off+len)` of a file without changing its size
-/// (FALLOC_FL_KEEP_SIZE); pages that exist are left as they are.
-pub fn fallocate_keep_size(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
-    // SAFETY: plain syscall on a descriptor; no memory is passed.
-    retry(|| check(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, off as i64, len as i64) } as libc::c_long).map(|_| ()))
+    retry(|| check(unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } as libc::c_long).map(|_| ()))
 }
 
 /// Whether any page of the mapped, page-aligned range `[addr, addr+len)` is
