@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long a call waits for its server's reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a process's first observation waits for an update in progress.
+const SETTLE: Duration = Duration::from_millis(100);
 /// How long a call waits for a newly started server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -64,13 +66,34 @@ pub fn unavailable(e: Errno) -> Errno {
     }
 }
 
+/// One connection attempt that cannot wait on the server: a listening socket
+/// whose backlog is full (a stopped server, a flood of connections) is retried
+/// until `deadline`, then ENOMEM. The socket returned is blocking.
+fn try_connect(path: &Path, deadline: Instant) -> SysResult<OwnedFd> {
+    let mut delay = Duration::from_micros(100);
+    loop {
+        let s = sys::socket_unix(libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK)?;
+        match sys::connect(s.as_raw_fd(), path) {
+            Ok(()) => {
+                sys::set_blocking(s.as_raw_fd());
+                return Ok(s);
+            }
+            Err(Errno(libc::EAGAIN)) if Instant::now() < deadline => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(20));
+            }
+            Err(Errno(libc::EAGAIN)) => return Err(Errno(libc::ENOMEM)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Connects to the namespace's server, starting one (private namespaces) when
 /// nobody listens.
 fn connect(ns: &Namespace) -> SysResult<OwnedFd> {
     let path = sock_path(&ns.dir);
-    let s = sys::socket_unix(libc::SOCK_SEQPACKET)?;
-    match sys::connect(s.as_raw_fd(), &path) {
-        Ok(()) => return Ok(s),
+    match try_connect(&path, Instant::now() + REPLY_TIMEOUT) {
+        Ok(s) => return Ok(s),
         Err(Errno(libc::ECONNREFUSED | libc::ENOENT)) if !ns.reg.is_shared() => {}
         Err(Errno(libc::ECONNREFUSED | libc::ENOENT)) => {
             eprintln!("shmshim: the shared namespace {} has no server: start it with `shmshim serve --dir {} --shared`", ns.dir.display(), ns.dir.display());
@@ -82,9 +105,8 @@ fn connect(ns: &Namespace) -> SysResult<OwnedFd> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut delay = Duration::from_micros(200);
     loop {
-        let s = sys::socket_unix(libc::SOCK_SEQPACKET)?;
-        match sys::connect(s.as_raw_fd(), &path) {
-            Ok(()) => return Ok(s),
+        match try_connect(&path, deadline) {
+            Ok(s) => return Ok(s),
             Err(Errno(libc::ECONNREFUSED | libc::ENOENT)) if Instant::now() < deadline => {
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_millis(20));
@@ -119,6 +141,7 @@ fn registered(local: &mut Local, reg: &crate::registry::Registry) -> Option<(usi
         }
         local.pending = None;
         local.me = None;
+        local.unbooked.clear();
         local.pid = pid;
         for a in local.attaches.iter_mut() {
             a.frags.retain(|f| !f.dontfork());
@@ -194,6 +217,9 @@ fn finish_hello(local: &mut Local, wait: Duration) -> SysResult<(usize, u32)> {
     let death = crate::sys::high_fd(fds.remove(1)).into_raw_fd();
     let ep = crate::process::beyond_limit_fd(fds.remove(0)).into_raw_fd();
     let me = (reply.a as usize, reply.b as u32);
+    // Bookings owed by a previous registration are moot: the new entry counts
+    // what the attaches announced with HELLO say.
+    local.unbooked.clear();
     // The kernel translates the peer's pid into our pid namespace (0 if the server
     // lives outside it, e.g. serving containers from the host).
     let server_pid = sys::peercred(sock.fd).map(|c| c.pid).unwrap_or(0);
@@ -296,7 +322,11 @@ pub fn before_exec(ns: &Namespace) {
         return;
     }
     if ns.reg.writable {
-        crate::lifecycle::apply_death(&mut ns.reg.lock(), me.0, me.1);
+        // (If the lock is not to be had, the server applies it: our connection
+        // closes at the exec.)
+        if let Ok(mut g) = ns.reg.lock_bounded() {
+            crate::lifecycle::apply_death(&mut g, me.0, me.1);
+        }
     } else if let Some(c) = local.conn.take() {
         // Closing our end is the death the server applies; wait for it to have
         // (on a connection of its own: ours would register us again).
@@ -348,7 +378,18 @@ fn sync_epoll(ns: &Namespace) -> SysResult<()> {
         if ns.reg.header().in_use.get() == 0 {
             return Ok(());
         }
-        return reregister(ns);
+        let r = reregister(ns);
+        // What the server may be applying right now (a death it was told of
+        // before we started) is let in before the first observation; a stopped
+        // writer delays it only that long.
+        ns.reg.settle(SETTLE);
+        // A server that lives but cannot be reached now (stopped with its
+        // backlog full) leaves the registry valid: observing needs no
+        // registration.
+        return match r {
+            Err(_) if ns.reg.server_alive() => Ok(()),
+            r => r,
+        };
     } else {
         match sys::epoll_wait(ep, &mut events, 0) {
             Ok(n) => n,
@@ -390,7 +431,8 @@ fn sync_epoll(ns: &Namespace) -> SysResult<()> {
     }
     if !deaths.is_empty() {
         if ns.reg.writable {
-            let mut g = ns.reg.lock();
+            // A holder of the lock that does not let go: the server applies them.
+            let Ok(mut g) = ns.reg.lock_bounded() else { return Ok(()) };
             for (e, gen) in deaths {
                 crate::lifecycle::apply_death(&mut g, e, gen);
             }
@@ -541,8 +583,12 @@ pub fn register_child(local: &mut Local, ns: &Namespace) -> SysResult<Child> {
     // the server, where it outlives us) before it counts anything, so a parent
     // killed at any point leaves nothing counted that nobody watches (an empty
     // entry of a dead pid is freed by the server).
-    let me = ns.reg.lock().claim_proc(pid, 0)?;
-    let undo = |ns: &Namespace| crate::lifecycle::apply_death(&mut ns.reg.lock(), me.0, me.1);
+    let me = ns.reg.lock_bounded()?.claim_proc(pid, 0)?;
+    let undo = |ns: &Namespace| {
+        if let Ok(mut g) = ns.reg.lock_bounded() {
+            crate::lifecycle::apply_death(&mut g, me.0, me.1);
+        }
+    };
     let mut m = Msg::new(proto::ADOPT);
     (m.a, m.b) = (me.0 as u64, me.1 as u64);
     let watched = sys::epoll_add(conn.ep, theirs.as_raw_fd(), libc::EPOLLRDHUP as u32, proto::ev_data(proto::EV_CONN, me.0, me.1)).is_ok()
@@ -552,12 +598,14 @@ pub fn register_child(local: &mut Local, ns: &Namespace) -> SysResult<Child> {
         return Err(Errno(libc::ENOMEM));
     }
     drop(theirs);
-    {
-        let mut g = ns.reg.lock();
-        for a in &local.attaches {
-            crate::lifecycle::shm_open_frags(&mut g, me.0, a.slot, a.serial, a.inherited(), pid);
-        }
+    let Ok(mut g) = ns.reg.lock_bounded() else {
+        undo(ns);
+        return Err(Errno(libc::ENOMEM));
+    };
+    for a in &local.attaches {
+        crate::lifecycle::shm_open_frags(&mut g, me.0, a.slot, a.serial, a.inherited(), pid);
     }
+    drop(g);
     Ok(Child { sock, me })
 }
 
@@ -581,6 +629,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
     process::mark_process();
     // A HELLO the parent is waiting for is the parent's: our copy of its socket goes.
     local.pending = None;
+    local.unbooked.clear();
     let parent = local.conn.take();
     match (child, parent) {
         (Some(c), Some(p)) => {
@@ -591,8 +640,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             local.conn =
                 Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid, server_pidfd: p.server_pidfd });
             local.me = Some(c.me);
-            if ns.reg.writable {
-                let g = ns.reg.lock();
+            if let Some(g) = ns.reg.writable.then(|| ns.reg.lock_bounded().ok()).flatten() {
                 let e = g.proc_entry(c.me.0);
                 if e.gen.get() == c.me.1 {
                     e.pid.set(pid);
@@ -617,8 +665,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
 /// failed, the registration is undone: our end of its connection closes).
 pub fn after_fork(ns: &Namespace, child: Option<Child>, pid: i32) {
     let Some(c) = child else { return };
-    if ns.reg.writable {
-        let mut g = ns.reg.lock();
+    if let Some(mut g) = ns.reg.writable.then(|| ns.reg.lock_bounded().ok()).flatten() {
         if pid > 0 {
             let e = g.proc_entry(c.me.0);
             if e.gen.get() == c.me.1 && e.pid.get() != 0 {

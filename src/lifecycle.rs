@@ -15,7 +15,7 @@
 use crate::creds::{Creds, CAP_IPC_LOCK, CAP_SYS_ADMIN};
 pub use crate::frags::VmChange;
 use crate::process::{self, PAGE};
-use crate::registry::{self, id_idx, make_id, RegGuard, Registry, Slot, F_HUGETLB, F_NORESERVE, MAX_SLOTS, SHM_DEST, SHM_LOCKED, SLOT_FREE, SLOT_USED};
+use crate::registry::{self, id_idx, make_id, RegGuard, Registry, Slot, View, F_HUGETLB, F_NORESERVE, MAX_SLOTS, SHM_DEST, SHM_LOCKED, SLOT_FREE, SLOT_USED};
 use crate::sys::{self, Errno, SysResult};
 use std::sync::atomic::Ordering;
 
@@ -53,7 +53,7 @@ pub(crate) fn einval<T>() -> SysResult<T> {
 /// shm_may_destroy: unattached, and removed (SHM_DEST, S75) or under
 /// shm_rmid_forced (S131).
 fn may_destroy(g: &RegGuard, slot: usize) -> bool {
-    let s = g.slot(slot);
+    let s = g.reg.slot(slot);
     s.is_used() && s.nattch.get() == 0 && (s.mode.get() & SHM_DEST != 0 || g.hdr().rmid_forced.get() != 0)
 }
 
@@ -67,7 +67,7 @@ pub fn maybe_destroy(g: &mut RegGuard, slot: usize) {
 /// Removes a segment: its id becomes invalid and its slot and pages return to the
 /// shmmni/shmall budget (S75, S93). Whoever holds its memory drops it.
 pub fn shm_destroy(g: &mut RegGuard, slot: usize) {
-    let s = g.reg.slot(slot);
+    let s = g.slot(slot);
     let key = s.key.get();
     if key != 0 && s.mode.get() & SHM_DEST == 0 {
         g.index_remove(key, slot);
@@ -98,7 +98,7 @@ pub fn detach_proc(g: &mut RegGuard, p: usize, now: i64) {
     for s in g.reap_proc(p, now) {
         maybe_destroy(g, s);
     }
-    let created: Vec<usize> = (0..g.slot_hwm()).filter(|&i| g.slot(i).is_used() && g.slot(i).creator.get() == pid).collect();
+    let created: Vec<usize> = (0..g.slot_hwm()).filter(|&i| g.reg.slot(i).is_used() && g.reg.slot(i).creator.get() == pid).collect();
     if created.is_empty() || process::runs(pid, start) {
         return;
     }
@@ -115,7 +115,7 @@ pub fn detach_proc(g: &mut RegGuard, p: usize, now: i64) {
 /// whose creator has exited goes (S132).
 pub fn destroy_orphans(g: &mut RegGuard) {
     for i in 0..g.slot_hwm() {
-        if g.slot(i).is_used() && g.slot(i).creator.get() == 0 && may_destroy(g, i) {
+        if g.reg.slot(i).is_used() && g.reg.slot(i).creator.get() == 0 && may_destroy(g, i) {
             shm_destroy(g, i);
         }
     }
@@ -139,7 +139,7 @@ pub struct GetParams {
 }
 
 /// The lookup path's checks, in the kernel's order (S44).
-pub fn lookup_checks(g: &Registry, creds: &mut Creds, slot: usize, p: &GetParams) -> SysResult<i32> {
+pub fn lookup_checks(g: View, creds: &mut Creds, slot: usize, p: &GetParams) -> SysResult<i32> {
     if p.flg & IPC_CREAT != 0 && p.flg & IPC_EXCL != 0 {
         return Err(Errno(libc::EEXIST)); // S34
     }
@@ -486,22 +486,20 @@ fn padded(b: &[u8]) -> CopyOut {
 }
 
 /// ipc_get_maxidx (S99): -1 when empty, reported as 0.
-fn max_idx_ret(g: &Registry) -> i32 {
-    let h = g.header();
-    if h.in_use.get() == 0 {
+fn max_idx_ret(g: View) -> i32 {
+    if g.in_use() == 0 {
         0
-    } else if h.in_use.get() as usize == MAX_SLOTS {
+    } else if g.in_use() as usize == MAX_SLOTS {
         MAX_SLOTS as i32 - 1
     } else {
-        h.max_idx.get().max(0)
+        g.max_idx().max(0)
     }
 }
 
 /// IPC_INFO (S100).
-fn shmctl_ipc_info(g: &Registry) -> (i32, Option<CopyOut>) {
-    let h = g.header();
+fn shmctl_ipc_info(g: View) -> (i32, Option<CopyOut>) {
     let mut b = [0u8; 72];
-    let vals = [h.shmmax.get(), 1, h.shmmni.get(), h.shmmni.get(), h.shmall.get()];
+    let vals = [g.shmmax(), 1, g.shmmni(), g.shmmni(), g.shmall()];
     for (i, v) in vals.iter().enumerate() {
         b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
     }
@@ -509,18 +507,17 @@ fn shmctl_ipc_info(g: &Registry) -> (i32, Option<CopyOut>) {
 }
 
 /// SHM_INFO (S101); `rss` gives a segment's resident pages.
-fn shmctl_shm_info(g: &Registry, rss: &dyn Fn(&Slot) -> u64) -> (i32, Option<CopyOut>) {
-    let h = g.header();
-    let total: u64 = (0..=(h.max_idx.get().max(-1))).map(|i| g.slot(i as usize)).filter(|s| s.is_used()).map(rss).sum();
+fn shmctl_shm_info(g: View, rss: &dyn Fn(&Slot) -> u64) -> (i32, Option<CopyOut>) {
+    let total: u64 = (0..=(g.max_idx().max(-1))).map(|i| g.slot(i as usize)).filter(|s| s.is_used()).map(rss).sum();
     let mut b = [0u8; 48];
-    b[0..4].copy_from_slice(&(h.in_use.get() as i32).to_ne_bytes());
-    b[8..16].copy_from_slice(&h.shm_tot.get().to_ne_bytes());
+    b[0..4].copy_from_slice(&(g.in_use() as i32).to_ne_bytes());
+    b[8..16].copy_from_slice(&g.shm_tot().to_ne_bytes());
     b[16..24].copy_from_slice(&total.to_ne_bytes());
     (max_idx_ret(g), Some(padded(&b)))
 }
 
 /// IPC_STAT, SHM_STAT, SHM_STAT_ANY (S82–S84, S102–S104).
-pub(crate) fn shmctl_stat(g: &Registry, creds: &mut Creds, id: i32, cmd: i32) -> SysResult<(i32, Option<CopyOut>)> {
+pub(crate) fn shmctl_stat(g: View, creds: &mut Creds, id: i32, cmd: i32) -> SysResult<(i32, Option<CopyOut>)> {
     let slot = if cmd == IPC_STAT {
         g.slot_of_id(id).ok_or(Errno(libc::EINVAL))? // S13
     } else {
@@ -627,9 +624,9 @@ pub fn shmctl_locked(
     rss: &dyn Fn(&Slot) -> u64,
 ) -> SysResult<(i32, Option<CopyOut>)> {
     match cmd {
-        IPC_INFO => Ok(shmctl_ipc_info(g)),
-        SHM_INFO => Ok(shmctl_shm_info(g, rss)),
-        IPC_STAT | SHM_STAT | SHM_STAT_ANY => shmctl_stat(g, creds, id, cmd),
+        IPC_INFO => Ok(shmctl_ipc_info(g.live())),
+        SHM_INFO => Ok(shmctl_shm_info(g.live(), rss)),
+        IPC_STAT | SHM_STAT | SHM_STAT_ANY => shmctl_stat(g.live(), creds, id, cmd),
         IPC_SET => shmctl_set(g, creds, id, setbuf),
         IPC_RMID => shmctl_rmid(g, creds, id),
         SHM_LOCK | SHM_UNLOCK => shmctl_lock(g, creds, id, cmd),
@@ -721,14 +718,13 @@ impl Sysctl {
     }
 
     /// The value as the file reads.
-    pub fn read(self, reg: &Registry) -> String {
-        let h = reg.header();
+    pub fn read(self, v: View) -> String {
         match self {
-            Sysctl::ShmMax => format!("{}\n", h.shmmax.get()),
-            Sysctl::ShmAll => format!("{}\n", h.shmall.get()),
-            Sysctl::ShmMni => format!("{}\n", h.shmmni.get()),
-            Sysctl::RmidForced => format!("{}\n", h.rmid_forced.get()),
-            Sysctl::NextId => format!("{}\n", h.next_id.get()),
+            Sysctl::ShmMax => format!("{}\n", v.shmmax()),
+            Sysctl::ShmAll => format!("{}\n", v.shmall()),
+            Sysctl::ShmMni => format!("{}\n", v.shmmni()),
+            Sysctl::RmidForced => format!("{}\n", v.rmid_forced()),
+            Sysctl::NextId => format!("{}\n", v.next_id()),
         }
     }
 }

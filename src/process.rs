@@ -167,12 +167,25 @@ pub struct Local {
     /// The pid `me` was registered for: a child made by a raw fork/clone (no hook
     /// ran) notices it is not that process and registers anew.
     pub pid: i32,
+    /// VMA changes of `me` not booked yet, because a holder of the registry lock
+    /// kept it too long: (slot, serial, opens, closes), booked at the next call
+    /// that gets the lock (or dropped with the registration, whose death the
+    /// server applies).
+    pub unbooked: Vec<(usize, u64, u32, u32)>,
 }
 
 /// This process's state. A fork-safe mutex: `fork` holds it across the real fork
 /// while other threads may be waiting for it.
-pub static LOCAL: FsMutex<Local> =
-    FsMutex::new(Local { me: None, conn: None, pending: None, attaches: Vec::new(), fds: std::collections::BTreeMap::new(), epoch: 0, pid: 0 });
+pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
+    me: None,
+    conn: None,
+    pending: None,
+    attaches: Vec::new(),
+    fds: std::collections::BTreeMap::new(),
+    epoch: 0,
+    pid: 0,
+    unbooked: Vec::new(),
+});
 
 /// The shared epoll descriptor (-1: not connected), readable without LOCAL.
 pub static EPFD: AtomicI32 = AtomicI32::new(-1);
@@ -296,7 +309,9 @@ fn open_namespace() -> Result<Namespace, OpenFailure> {
     }
     let reg = Registry::open_or_create(&dir, crate::config::host_limits(), false).map_err(|e| OpenFailure { errno: e.errno(), msg: e.to_string() })?;
     if cfg.shmmax.is_some() || cfg.shmall.is_some() || cfg.shmmni.is_some() {
-        reg.lock().set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
+        reg.lock_bounded()
+            .map_err(|e| OpenFailure { errno: e, msg: format!("registry {}: locked by a process that does not let go", dir.display()) })?
+            .set_limits(cfg.shmmax, cfg.shmall, cfg.shmmni);
     }
     Ok(Namespace { reg, dir })
 }

@@ -11,9 +11,11 @@
 //! | key index| `INDEX_OFF`     | `INDEX_SIZE * 4`                  |
 //! | procs    | `PROCS_OFF`     | `MAX_PROCS * size_of::<ProcEntry>()` |
 //! | records  | `RECS_OFF`      | `MAX_RECS * size_of::<Rec>()`     |
+//! | published slots | `PUB_SLOTS_OFF` | `MAX_SLOTS * size_of::<Slot>()` |
+//! | published index | `PUB_INDEX_OFF` | `INDEX_SIZE * 4`           |
 //!
-//! The file is sparse. Header and index are allocated (`fallocate`) when the file is
-//! built; slots, proc entries and records are allocated in chunks before the first
+//! The file is sparse. Header and both indexes are allocated (`fallocate`) when the
+//! file is built; slots (with their published copies), proc entries and records are allocated in chunks before the first
 //! one of a chunk is used, and nothing beyond the allocated chunks is ever read or
 //! written: a full filesystem makes the call that needs a new chunk fail with
 //! `ENOSPC` (SEMANTICS L9), never a later access raise `SIGBUS`.
@@ -28,18 +30,30 @@
 //! mutexes' initialisation in a file nobody else has opened. Holding the lock is a
 //! [`RegGuard`], whose mutating methods take `&mut self`.
 //!
-//! # The lock and the sequence counter
+//! # The lock, and what readers see without it
 //!
 //! One process-shared, robust `pthread_mutex_t` in the header serialises writers.
-//! Taking it makes `Header::seq` odd, releasing it makes it even again, so a reader
-//! that may not take the lock (a client of a shared namespace, whose mapping is
-//! read-only) reads a consistent snapshot by retrying while `seq` is odd or changed
-//! ([`Registry::read`]). A holder killed by SIGKILL makes the next `lock()` see
-//! `EOWNERDEAD`; that caller runs [`RegGuard::repair`], which rebuilds every derived
-//! structure (key index, counters, record lists, `nattch`) from the primary data
-//! (slot states, records), then marks the mutex consistent. Updates are ordered so
-//! the primary data is valid after any prefix: a slot becomes visible when its
-//! `state` is written last, and a record counts once its `proc_` field is set.
+//! A holder killed by SIGKILL makes the next `lock()` see `EOWNERDEAD`; that caller
+//! runs [`RegGuard::repair`], which rebuilds every derived structure (key index,
+//! counters, record lists, `nattch`) from the primary data (slot states, records),
+//! then marks the mutex consistent. Updates are ordered so the primary data is
+//! valid after any prefix: a slot becomes visible when its `state` is written last,
+//! and a record counts once its `proc_` field is set.
+//!
+//! Lookups, `IPC_STAT`, `SHM_STAT` and the sysctls read without the lock
+//! ([`Registry::read`]), and no writer can hold them up, not even one stopped in
+//! the middle of an update: what they read exists twice. The live tables (slots,
+//! key index, the counters in the header) are what writers change under the lock;
+//! the published copies (`PUB_SLOTS_OFF`, `PUB_INDEX_OFF`, `Header::published`)
+//! lag behind by at most one update. `Header::seq` says which one a reader may
+//! trust: while it is even the published copy (writers leave it alone while they
+//! work on the live tables), while it is odd the live tables (complete: the
+//! writer is only copying them). When the guard drops, the writer makes `seq`
+//! odd, copies what it changed (the slots and index cells its accessors marked)
+//! into the published copy, and makes `seq` even again. A reader retries only if
+//! `seq` moved while it read, which a stopped writer never makes it do.
+//! `Header::busy` is odd while the lock is held, for the one reader of live
+//! tables without the lock (`shmshim check` of a shared namespace).
 //!
 //! Lock order (also in docs/ARCHITECTURE.md): `process::LOCAL` → registry lock.
 //! Nothing blocks while the registry lock is held: no send that can wait, no spawn,
@@ -49,14 +63,14 @@
 //! - Limits live in the header and apply to every process of the namespace.
 
 use crate::cell::{I32, I64, U32, U64};
-use crate::shared::{shared_struct, Locked, RawMutex, SharedMap};
+use crate::shared::{shared_struct, Locked, RawMutex, Shared, SharedMap};
 use crate::sys::{self, Errno, SysResult};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSHIM\x02");
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Memfds the server makes ahead of time, so a creator of a private namespace needs
 /// no message to the server (see `server`).
@@ -79,6 +93,9 @@ shared_struct! {
         pub taken: AtomicU64,
     }
 }
+
+/// How long a participant's call waits for the registry lock (`lock_bounded`).
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many recent destructions the header remembers (`destroyed`).
 pub const DESTROYED_RING: usize = 512;
@@ -128,8 +145,13 @@ shared_struct! {
         /// The registry lock itself (offset 64).
         mutex: RawMutex,
         _pad1: [U32; (128 - 64 - std::mem::size_of::<RawMutex>()) / 4],
-        /// Atomic: odd while a writer holds the lock (see the module comment).
+        /// Atomic: which copy lock-free readers trust, even the published one, odd
+        /// the live tables (see the module comment).
         pub seq: U64,
+        /// Atomic: odd while a writer holds the lock.
+        pub busy: U64,
+        /// The counters as last published (see the module comment).
+        pub published: Stats,
         /// Limits in force (S133): shmmax in bytes, shmall in pages, shmmni in segments.
         pub shmmax: U64,
         pub shmall: U64,
@@ -198,6 +220,23 @@ shared_struct! {
         /// holding a descriptor of the memfd has emptied it (ftruncate to 0): its
         /// memory is free whoever still holds a descriptor, the server included.
         pub emptied: [U64; DESTROYED_RING],
+    }
+}
+
+shared_struct! {
+    /// The header's counters and limits that readers without the lock see: the
+    /// published copy of the header fields of the same names.
+    pub struct Stats {
+        pub shmmax: U64,
+        pub shmall: U64,
+        pub shmmni: U64,
+        pub shm_tot: U64,
+        pub in_use: U32,
+        pub max_idx: I32,
+        pub rmid_forced: U32,
+        pub next_id: I32,
+        pub slot_hwm: U32,
+        _pad: U32,
     }
 }
 
@@ -310,7 +349,9 @@ pub const SLOTS_OFF: usize = HEADER_SIZE;
 pub const INDEX_OFF: usize = SLOTS_OFF + MAX_SLOTS * std::mem::size_of::<Slot>();
 pub const PROCS_OFF: usize = INDEX_OFF + INDEX_SIZE * 4;
 pub const RECS_OFF: usize = PROCS_OFF + MAX_PROCS * std::mem::size_of::<ProcEntry>();
-pub const FILE_SIZE: usize = RECS_OFF + MAX_RECS * std::mem::size_of::<Rec>();
+pub const PUB_SLOTS_OFF: usize = RECS_OFF + MAX_RECS * std::mem::size_of::<Rec>();
+pub const PUB_INDEX_OFF: usize = PUB_SLOTS_OFF + MAX_SLOTS * std::mem::size_of::<Slot>();
+pub const FILE_SIZE: usize = PUB_INDEX_OFF + INDEX_SIZE * 4;
 
 pub fn make_id(seq: u32, idx: u32) -> i32 {
     ((seq << 15) | idx) as i32
@@ -461,6 +502,7 @@ impl Registry {
         sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)?;
         sys::fallocate(fd.as_raw_fd(), 0, 0, HEADER_SIZE as u64)?;
         sys::fallocate(fd.as_raw_fd(), 0, INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
+        sys::fallocate(fd.as_raw_fd(), 0, PUB_INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
         let map = map_fd(fd, true)?;
         let reg = Registry { map, path: PathBuf::new(), fd: sys::dup(fd.as_raw_fd())?, writable: true };
         let h = reg.header();
@@ -485,6 +527,11 @@ impl Registry {
         h.next_serial.set(1);
         h.next_id.set(-1);
         h.rec_free.set(NIL);
+        h.published.shmmax.set(limits.shmmax);
+        h.published.shmall.set(limits.shmall);
+        h.published.shmmni.set(limits.shmmni);
+        h.published.max_idx.set(-1);
+        h.published.next_id.set(-1);
         Ok(())
     }
 
@@ -591,6 +638,24 @@ impl Registry {
         self.map.element(INDEX_OFF, i)
     }
 
+    /// The published copy of slot `i` (see the module comment); all-zero beyond
+    /// the allocated chunks, which cover both copies.
+    fn pub_slot(&self, i: usize) -> &Slot {
+        if i >= Self::bound(&self.header().slots_backed, MAX_SLOTS) {
+            return &EMPTY_SLOT;
+        }
+        self.map.element(PUB_SLOTS_OFF, i)
+    }
+
+    fn pub_index(&self, i: usize) -> &U32 {
+        self.map.element(PUB_INDEX_OFF, i & (INDEX_SIZE - 1))
+    }
+
+    /// The live tables as a [`View`]: what a holder of the lock reads.
+    pub fn live(&self) -> View<'_> {
+        View { reg: self, published: false }
+    }
+
     /// Takes the registry lock, repairing the registry if a holder died.
     pub fn lock(&self) -> RegGuard<'_> {
         assert!(self.writable, "a read-only registry cannot be locked");
@@ -598,6 +663,19 @@ impl Registry {
         crate::fsmutex::note_held(true);
         let (held, owner_died) = self.header().mutex.lock();
         self.locked(held, owner_died)
+    }
+
+    /// Takes the lock for a participant's call, waiting at most `LOCK_TIMEOUT`: a
+    /// holder that stopped (SIGSTOP, a debugger) makes the call fail with ENOMEM
+    /// in bounded time instead of freezing it. Readers never wait (`read`).
+    pub fn lock_bounded(&self) -> SysResult<RegGuard<'_>> {
+        assert!(self.writable, "a read-only registry cannot be locked");
+        crate::fsmutex::note_held(true);
+        let Some((held, owner_died)) = self.header().mutex.lock_for(LOCK_TIMEOUT) else {
+            crate::fsmutex::note_held(false);
+            return Err(Errno(libc::ENOMEM));
+        };
+        Ok(self.locked(held, owner_died))
     }
 
     /// Takes the lock only if it is free.
@@ -615,38 +693,86 @@ impl Registry {
 
     fn locked<'a>(&'a self, held: Locked<'a>, owner_died: bool) -> RegGuard<'a> {
         let h = self.header();
-        let mut g = RegGuard { reg: self, held: Some(held) };
+        h.busy.set(h.busy.get() | 1);
+        let mut g = RegGuard { reg: self, held: Some(held), marks: Marks::default(), index_marks: Marks::default() };
         if owner_died {
-            if h.seq.get().is_multiple_of(2) {
-                h.seq.set(h.seq.get() + 1);
+            let s = h.seq.get();
+            if !s.is_multiple_of(2) {
+                // The holder died copying its update into the published copy:
+                // the live tables are complete, so the copy is finished first.
+                g.marks.all.set(true);
+                g.index_marks.all.set(true);
+                g.copy_out();
+                h.seq.atomic().store(s.wrapping_add(1), Ordering::Release);
             }
             fence(Ordering::Release);
             g.repair();
+            g.marks.all.set(true);
+            g.index_marks.all.set(true);
             // Every invariant is restored.
             if let Some(held) = &g.held {
                 held.mark_consistent();
             }
-        } else {
-            h.seq.set(h.seq.get() | 1);
-            fence(Ordering::Release);
         }
+        // Readers that see what this holder writes see `seq` move (`read`).
+        fence(Ordering::Release);
         g
     }
 
-    /// Runs `f` on a consistent snapshot without taking the lock: retried while a
-    /// writer is active or was active meanwhile. `f` must tolerate torn data (all
-    /// walks here are bounded). Gives up with EAGAIN after about a second of
-    /// continuous writing (a writer stopped in the middle of an update).
-    pub fn read<T>(&self, mut f: impl FnMut(&Registry) -> T) -> SysResult<T> {
+    /// Runs `f` on a consistent view without taking the lock: the published copy
+    /// or the live tables, as `seq` says (see the module comment); retried only
+    /// if `seq` moved meanwhile. `f` must tolerate torn data (all walks here are
+    /// bounded). Gives up with EAGAIN after about a second of continuous updates.
+    pub fn read<T>(&self, mut f: impl FnMut(View<'_>) -> T) -> SysResult<T> {
         let seq = self.header().seq.atomic();
         let start = std::time::Instant::now();
         let mut spins = 0u32;
         loop {
             let s1 = seq.load(Ordering::Acquire);
+            let v = f(View { reg: self, published: s1.is_multiple_of(2) });
+            fence(Ordering::Acquire);
+            if seq.load(Ordering::Relaxed) == s1 {
+                return Ok(v);
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                if start.elapsed() > std::time::Duration::from_secs(1) {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Waits until the update in progress, if any, is published, for at most
+    /// `max`: a caller that wants what a running writer is about to publish (a
+    /// death the server is applying), and that a stopped one delays only `max`.
+    pub fn settle(&self, max: std::time::Duration) {
+        let busy = self.header().busy.atomic();
+        let b = busy.load(Ordering::Acquire);
+        if b.is_multiple_of(2) {
+            return;
+        }
+        let start = std::time::Instant::now();
+        while busy.load(Ordering::Acquire) == b && start.elapsed() < max {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Runs `f` on the live tables while no writer holds the lock, retried while
+    /// one does or did meanwhile; EAGAIN after about a second (a holder that is
+    /// stopped). For diagnostics of a registry this process may not lock.
+    pub fn read_live<T>(&self, mut f: impl FnMut(&Registry) -> T) -> SysResult<T> {
+        let busy = self.header().busy.atomic();
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let s1 = busy.load(Ordering::Acquire);
             if s1.is_multiple_of(2) {
                 let v = f(self);
                 fence(Ordering::Acquire);
-                if seq.load(Ordering::Relaxed) == s1 {
+                if busy.load(Ordering::Relaxed) == s1 {
                     return Ok(v);
                 }
             }
@@ -663,32 +789,14 @@ impl Registry {
 
     // ------------------------------------------------------------- lookups
 
-    /// O(1) lookup of a live (non-DEST) segment by key. Key 0 is never indexed (S18).
+    /// O(1) lookup of a live (non-DEST) segment by key, in the live tables.
     pub fn find_key(&self, key: i32) -> Option<usize> {
-        let mut h = key_hash(key);
-        for _ in 0..INDEX_SIZE {
-            let v = self.index(h).get();
-            if v == 0 {
-                return None;
-            }
-            let s = (v - 1) as usize;
-            let sl = self.slot(s);
-            if sl.is_used() && sl.key.get() == key && sl.mode.get() & SHM_DEST == 0 {
-                return Some(s);
-            }
-            h = (h + 1) & (INDEX_SIZE - 1);
-        }
-        None
+        self.live().find_key(key)
     }
 
-    /// Resolves an id to its slot, checking idx and seq (S13, S14).
+    /// Resolves an id to its slot in the live tables (S13, S14).
     pub fn slot_of_id(&self, id: i32) -> Option<usize> {
-        if id < 0 {
-            return None;
-        }
-        let idx = id_idx(id);
-        let s = self.slot(idx);
-        (s.is_used() && s.seq.get() == id_seq(id)).then_some(idx)
+        self.live().slot_of_id(id)
     }
 
     /// Walks a record list from `head`, following `next`; bounded, so a list
@@ -785,7 +893,127 @@ impl Registry {
         if in_use != h.in_use.get() || tot != h.shm_tot.get() || max != h.max_idx.get() {
             return Err(format!("counters: in_use {}/{in_use} shm_tot {}/{tot} max_idx {}/{max}", h.in_use.get(), h.shm_tot.get(), h.max_idx.get()));
         }
+        self.check_published()
+    }
+
+    /// Between updates, the published copy is the live tables (see the module
+    /// comment): every field a reader without the lock uses.
+    fn check_published(&self) -> Result<(), String> {
+        let (live, published) = (self.live(), View { reg: self, published: true });
+        let counters = |v: View| (v.shmmax(), v.shmall(), v.shmmni(), v.shm_tot(), v.in_use(), v.max_idx(), v.rmid_forced(), v.next_id(), v.slot_hwm());
+        if counters(live) != counters(published) {
+            return Err(format!("published counters {:?} differ from the live ones {:?}", counters(published), counters(live)));
+        }
+        let fields = |s: &Slot| {
+            (
+                [s.state.get(), s.flags.get(), s.key.get() as u32, s.mode.get(), s.uid.get(), s.gid.get(), s.cuid.get(), s.cgid.get(), s.seq.get()],
+                [s.cpid.get(), s.lpid.get()],
+                [
+                    s.segsz.get(),
+                    s.atime.get() as u64,
+                    s.dtime.get() as u64,
+                    s.ctime.get() as u64,
+                    s.nattch.get(),
+                    s.serial.get(),
+                    s.map_len.get(),
+                    s.pages.get(),
+                    s.ino.get(),
+                ],
+            )
+        };
+        for i in 0..self.slot_hwm() {
+            if fields(live.slot(i)) != fields(published.slot(i)) {
+                return Err(format!("slot {i}: the published copy differs from the live slot"));
+            }
+        }
+        for i in 0..INDEX_SIZE {
+            if live.index(i).get() != published.index(i).get() {
+                return Err(format!("key index cell {i}: the published copy differs"));
+            }
+        }
         Ok(())
+    }
+}
+
+/// What a caller reads: the live tables (a holder of the lock, [`Registry::live`])
+/// or whichever copy [`Registry::read`] found trustworthy.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    reg: &'a Registry,
+    /// The published copy (else the live tables).
+    published: bool,
+}
+
+macro_rules! view_counters {
+    ($($f:ident: $t:ty),*) => {$(
+        #[doc = concat!("The header's `", stringify!($f), "` in this view.")]
+        pub fn $f(&self) -> $t {
+            let h = self.reg.header();
+            if self.published { h.published.$f.get() } else { h.$f.get() }
+        }
+    )*};
+}
+
+impl<'a> View<'a> {
+    view_counters!(shmmax: u64, shmall: u64, shmmni: u64, shm_tot: u64, in_use: u32, max_idx: i32, rmid_forced: u32, next_id: i32);
+
+    /// The registry behind the view (for what only the live tables hold).
+    pub fn registry(&self) -> &'a Registry {
+        self.reg
+    }
+
+    pub fn slot(&self, i: usize) -> &'a Slot {
+        if self.published {
+            self.reg.pub_slot(i)
+        } else {
+            self.reg.slot(i)
+        }
+    }
+
+    fn index(&self, i: usize) -> &'a U32 {
+        if self.published {
+            self.reg.pub_index(i)
+        } else {
+            self.reg.index(i)
+        }
+    }
+
+    /// Slots at or above this were never used.
+    pub fn slot_hwm(&self) -> usize {
+        if self.published {
+            let h = self.reg.header();
+            Registry::bound(&h.published.slot_hwm, MAX_SLOTS).min(Registry::bound(&h.slots_backed, MAX_SLOTS))
+        } else {
+            self.reg.slot_hwm()
+        }
+    }
+
+    /// O(1) lookup of a live (non-DEST) segment by key. Key 0 is never indexed (S18).
+    pub fn find_key(&self, key: i32) -> Option<usize> {
+        let mut h = key_hash(key);
+        for _ in 0..INDEX_SIZE {
+            let v = self.index(h).get();
+            if v == 0 {
+                return None;
+            }
+            let s = (v - 1) as usize;
+            let sl = self.slot(s);
+            if sl.is_used() && sl.key.get() == key && sl.mode.get() & SHM_DEST == 0 {
+                return Some(s);
+            }
+            h = (h + 1) & (INDEX_SIZE - 1);
+        }
+        None
+    }
+
+    /// Resolves an id to its slot, checking idx and seq (S13, S14).
+    pub fn slot_of_id(&self, id: i32) -> Option<usize> {
+        if id < 0 {
+            return None;
+        }
+        let idx = id_idx(id);
+        let s = self.slot(idx);
+        (s.is_used() && s.seq.get() == id_seq(id)).then_some(idx)
     }
 }
 
@@ -793,18 +1021,66 @@ fn map_fd(fd: &OwnedFd, writable: bool) -> SysResult<SharedMap> {
     SharedMap::map(fd.as_fd(), FILE_SIZE, writable)
 }
 
+/// Which entries of a table a holder of the lock may have changed: up to
+/// `MARKS` of them, else all.
+#[derive(Default)]
+struct Marks {
+    n: std::cell::Cell<usize>,
+    ids: [std::cell::Cell<u32>; MARKS],
+    all: std::cell::Cell<bool>,
+}
+
+const MARKS: usize = 16;
+
+impl Marks {
+    fn mark(&self, i: usize) {
+        let n = self.n.get();
+        if self.all.get() || (n > 0 && self.ids[n - 1].get() == i as u32) || self.ids[..n].iter().any(|c| c.get() == i as u32) {
+            return;
+        }
+        if n == MARKS {
+            self.all.set(true);
+            return;
+        }
+        self.ids[n].set(i as u32);
+        self.n.set(n + 1);
+    }
+
+    fn clear(&self) {
+        self.n.set(0);
+        self.all.set(false);
+    }
+
+    fn any(&self) -> bool {
+        self.all.get() || self.n.get() > 0
+    }
+
+    /// The marked entries below `limit` (every one if all are marked).
+    fn each(&self, limit: usize, mut f: impl FnMut(usize)) {
+        if self.all.get() {
+            (0..limit).for_each(f);
+        } else {
+            self.ids[..self.n.get()].iter().map(|c| c.get() as usize).filter(|&i| i < limit).for_each(&mut f);
+        }
+    }
+}
+
 /// Proof of holding the registry lock; all mutation goes through it.
 pub struct RegGuard<'a> {
     pub reg: &'a Registry,
     /// The mutex, held until the guard drops.
     held: Option<Locked<'a>>,
+    /// Slots reached through `slot()`: the ones the update may have changed.
+    marks: Marks,
+    /// Key index cells written.
+    index_marks: Marks,
 }
 
 impl Drop for RegGuard<'_> {
     fn drop(&mut self) {
-        let seq = &self.reg.header().seq;
-        // Even again: readers may trust what they read from here on.
-        seq.atomic().store(seq.get().wrapping_add(1), Ordering::Release);
+        self.publish();
+        let busy = &self.reg.header().busy;
+        busy.atomic().store(busy.get().wrapping_add(1), Ordering::Release);
         drop(self.held.take());
         crate::fsmutex::note_held(false);
     }
@@ -843,8 +1119,71 @@ impl<'a> RegGuard<'a> {
         self.reg.header()
     }
 
+    /// Slot `i`, marked as changed by this update (read-only walks use
+    /// `self.reg.slot`).
     pub fn slot(&self, i: usize) -> &'a Slot {
+        self.marks.mark(i);
         self.reg.slot(i)
+    }
+
+    fn set_index(&self, i: usize, v: u32) {
+        let i = i & (INDEX_SIZE - 1);
+        self.index_marks.mark(i);
+        self.reg.index(i).set(v);
+    }
+
+    /// The counters readers without the lock see, as the live header has them.
+    fn stats_differ(&self) -> bool {
+        let (h, p) = (self.hdr(), &self.hdr().published);
+        p.shmmax.get() != h.shmmax.get()
+            || p.shmall.get() != h.shmall.get()
+            || p.shmmni.get() != h.shmmni.get()
+            || p.shm_tot.get() != h.shm_tot.get()
+            || p.in_use.get() != h.in_use.get()
+            || p.max_idx.get() != h.max_idx.get()
+            || p.rmid_forced.get() != h.rmid_forced.get()
+            || p.next_id.get() != h.next_id.get()
+            || p.slot_hwm.get() != h.slot_hwm.get()
+    }
+
+    /// Copies the marked slots and index cells and the counters from the live
+    /// tables into the published copy.
+    fn copy_out(&self) {
+        let (reg, h) = (self.reg, self.hdr());
+        let p = &h.published;
+        p.shmmax.set(h.shmmax.get());
+        p.shmall.set(h.shmall.get());
+        p.shmmni.set(h.shmmni.get());
+        p.shm_tot.set(h.shm_tot.get());
+        p.in_use.set(h.in_use.get());
+        p.max_idx.set(h.max_idx.get());
+        p.rmid_forced.set(h.rmid_forced.get());
+        p.next_id.set(h.next_id.get());
+        p.slot_hwm.set(h.slot_hwm.get());
+        self.marks.each(reg.slot_hwm(), |i| reg.pub_slot(i).copy_from(reg.slot(i)));
+        self.index_marks.each(INDEX_SIZE, |i| reg.pub_index(i).set(reg.index(i).get()));
+    }
+
+    /// Publishes this update (see the module comment): readers trust the live
+    /// tables while `seq` is odd, the published copy again once it is even.
+    fn publish(&self) {
+        if !self.marks.any() && !self.index_marks.any() && !self.stats_differ() {
+            return;
+        }
+        let seq = self.hdr().seq.atomic();
+        let s = seq.load(Ordering::Relaxed);
+        seq.store(s.wrapping_add(1), Ordering::Release);
+        fence(Ordering::Release);
+        self.copy_out();
+        seq.store(s.wrapping_add(2), Ordering::Release);
+        self.marks.clear();
+        self.index_marks.clear();
+    }
+
+    /// [`Registry::check_invariants`] once this update so far is published.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.publish();
+        self.reg.check_invariants()
     }
 
     pub fn proc_entry(&self, i: usize) -> &'a ProcEntry {
@@ -871,11 +1210,18 @@ impl<'a> RegGuard<'a> {
         let from = off + have.get() as usize * size;
         let to = (off + (i + 1) * size).div_ceil(CHUNK) * CHUNK;
         let to = to.min(off + max * size);
-        sys::fallocate(self.reg.fd.as_raw_fd(), 0, from as u64, (to - from) as u64).map_err(|e| match e.0 {
-            libc::EOPNOTSUPP => Errno(libc::ENOSPC),
-            libc::EDQUOT => Errno(libc::ENOSPC),
-            _ => e,
-        })?;
+        let alloc = |from: usize, to: usize| {
+            sys::fallocate(self.reg.fd.as_raw_fd(), 0, from as u64, (to - from) as u64).map_err(|e| match e.0 {
+                libc::EOPNOTSUPP => Errno(libc::ENOSPC),
+                libc::EDQUOT => Errno(libc::ENOSPC),
+                _ => e,
+            })
+        };
+        if let Region::Slots = region {
+            // The published copies, before the live slots they copy.
+            alloc(from - off + PUB_SLOTS_OFF, to - off + PUB_SLOTS_OFF)?;
+        }
+        alloc(from, to)?;
         // Entries that now lie entirely inside the allocated bytes; a partial one at
         // the end stays beyond the bound until the next chunk.
         have.set((((to - off) / size).min(max)) as u32);
@@ -897,7 +1243,7 @@ impl<'a> RegGuard<'a> {
         let mut h = key_hash(key);
         for _ in 0..INDEX_SIZE {
             if self.index(h).get() == 0 {
-                self.index(h).set(slot as u32 + 1);
+                self.set_index(h, slot as u32 + 1);
                 return;
             }
             h = (h + 1) & (INDEX_SIZE - 1);
@@ -930,16 +1276,16 @@ impl<'a> RegGuard<'a> {
             if v == 0 || (v - 1) as usize >= MAX_SLOTS {
                 break;
             }
-            let home = key_hash(self.slot((v - 1) as usize).key.get());
+            let home = key_hash(self.reg.slot((v - 1) as usize).key.get());
             // Can the entry at j move into the hole? Only if its home is not in (hole, j].
             let dist_hole = hole.wrapping_sub(home) & (INDEX_SIZE - 1);
             let dist_j = j.wrapping_sub(home) & (INDEX_SIZE - 1);
             if dist_hole < dist_j {
-                self.index(hole).set(v);
+                self.set_index(hole, v);
                 hole = j;
             }
         }
-        self.index(hole).set(0);
+        self.set_index(hole, 0);
     }
 
     // ------------------------------------------------------------- ids
@@ -950,7 +1296,7 @@ impl<'a> RegGuard<'a> {
     pub fn alloc_idx(&mut self) -> SysResult<(usize, u32)> {
         let h = self.hdr();
         let window = (h.in_use.get() * 3 / 2).max(IPC_MIN_CYCLE).min(MAX_SLOTS as u32) as usize;
-        let free_from = |start: usize| (start..window).find(|&i| !self.slot(i).is_used());
+        let free_from = |start: usize| (start..window).find(|&i| !self.reg.slot(i).is_used());
         let start = h.idr_next.get() as usize;
         let idx = free_from(start).or_else(|| if start > 0 { free_from(0) } else { None }).ok_or(Errno(libc::ENOSPC))?;
         self.back(Region::Slots, idx)?;
@@ -971,7 +1317,7 @@ impl<'a> RegGuard<'a> {
     /// the kernel does for an id written to shm_next_id (S19): the cyclic
     /// allocator's state is left alone.
     pub fn alloc_idx_at(&mut self, start: usize, seq: u32) -> SysResult<(usize, u32)> {
-        let idx = (start..MAX_SLOTS).find(|&i| !self.slot(i).is_used()).ok_or(Errno(libc::ENOSPC))?;
+        let idx = (start..MAX_SLOTS).find(|&i| !self.reg.slot(i).is_used()).ok_or(Errno(libc::ENOSPC))?;
         self.back(Region::Slots, idx)?;
         let h = self.hdr();
         h.slot_hwm.set(h.slot_hwm.get().max(idx as u32 + 1));
@@ -1145,7 +1491,7 @@ impl<'a> RegGuard<'a> {
         for i in 0..INDEX_SIZE {
             // Only non-empty buckets are written.
             if self.index(i).get() != 0 {
-                self.index(i).set(0);
+                self.set_index(i, 0);
             }
         }
         for i in 0..self.slot_hwm() {
@@ -1210,7 +1556,7 @@ impl<'a> RegGuard<'a> {
     pub fn recompute_max_idx(&mut self) {
         let h = self.hdr();
         let mut m = h.max_idx.get();
-        while m >= 0 && !self.slot(m as usize).is_used() {
+        while m >= 0 && !self.reg.slot(m as usize).is_used() {
             m -= 1;
         }
         h.max_idx.set(m);

@@ -1035,7 +1035,7 @@ impl Server {
         let mut g = self.reg.lock();
         if p.key != 0 {
             match g.find_key(p.key) {
-                Some(slot) => return lifecycle::lookup_checks(&g, creds, slot, p),
+                Some(slot) => return lifecycle::lookup_checks(g.live(), creds, slot, p),
                 None if p.flg & shm::IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
                 None => {}
             }

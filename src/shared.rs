@@ -28,6 +28,11 @@ pub unsafe trait Shared: Sized + Sync {
     /// initialiser: each use is a fresh value).
     #[allow(clippy::declare_interior_mutable_const)]
     const ZERO: Self;
+
+    /// Copies `src` into `self` field by field, each field with one atomic load
+    /// and one atomic store of its own size (a concurrent reader sees every field
+    /// either old or new, never torn).
+    fn copy_from(&self, src: &Self);
 }
 
 macro_rules! shared_atomic {
@@ -36,6 +41,9 @@ macro_rules! shared_atomic {
         // bit pattern is valid and concurrent writes are its purpose.
         unsafe impl Shared for $t {
             const ZERO: Self = <$t>::new(0);
+            fn copy_from(&self, src: &Self) {
+                self.store(src.load(Ordering::Relaxed), Ordering::Relaxed)
+            }
         }
     )*};
 }
@@ -46,6 +54,9 @@ macro_rules! shared_cell {
         // SAFETY: the cells are `repr(transparent)` atomics (cell.rs).
         unsafe impl Shared for $t {
             const ZERO: Self = $t::ZERO;
+            fn copy_from(&self, src: &Self) {
+                self.set(src.get())
+            }
         }
     )*};
 }
@@ -55,6 +66,11 @@ shared_cell!(U32, I32, U64, I64);
 // multiple of alignment) and is valid for any bytes if each element is.
 unsafe impl<T: Shared, const N: usize> Shared for [T; N] {
     const ZERO: Self = [const { T::ZERO }; N];
+    fn copy_from(&self, src: &Self) {
+        for (d, s) in self.iter().zip(src) {
+            d.copy_from(s);
+        }
+    }
 }
 
 /// Declares a `#[repr(C)]` struct whose fields are all [`Shared`], and makes it
@@ -81,6 +97,9 @@ macro_rules! shared_struct {
         // (asserted above).
         unsafe impl $crate::shared::Shared for $name {
             const ZERO: Self = $name::ZERO;
+            fn copy_from(&self, src: &Self) {
+                $(<$t as $crate::shared::Shared>::copy_from(&self.$f, &src.$f);)*
+            }
         }
     };
 }
@@ -103,6 +122,9 @@ unsafe impl Sync for RawMutex {}
 unsafe impl Shared for RawMutex {
     // SAFETY: a pthread_mutex_t is plain C data; all-zero is valid.
     const ZERO: Self = RawMutex(UnsafeCell::new(unsafe { std::mem::zeroed() }));
+    /// A mutex is never copied: its bytes belong to glibc (and to whoever holds
+    /// it), so this leaves them alone.
+    fn copy_from(&self, _src: &Self) {}
 }
 
 impl RawMutex {
@@ -127,6 +149,13 @@ impl RawMutex {
         // lock acts on whatever bytes it finds (see the Shared impl).
         let r = unsafe { sys::robust_mutex_lock(self.ptr()) };
         (Locked { m: self, _thread: PhantomData }, r == libc::EOWNERDEAD)
+    }
+
+    /// Locks, waiting at most `wait`: None if the holder kept it that long.
+    pub fn lock_for(&self, wait: std::time::Duration) -> Option<(Locked<'_>, bool)> {
+        // SAFETY: as in `lock`.
+        let r = unsafe { sys::robust_mutex_timedlock(self.ptr(), wait) };
+        (r != libc::ETIMEDOUT).then(|| (Locked { m: self, _thread: PhantomData }, r == libc::EOWNERDEAD))
     }
 
     /// Locks only if free.

@@ -11,7 +11,7 @@ use crate::frags::apply_frags;
 pub use crate::frags::VmChange;
 use crate::process::{self, Attach, Frag, Local, Namespace, LOCAL, PAGE};
 use crate::proto::{self, Msg};
-use crate::registry::{self, make_id, Registry, Slot, F_HUGETLB, F_NORESERVE, SHM_DEST};
+use crate::registry::{self, make_id, Registry, Slot, View, F_HUGETLB, F_NORESERVE, SHM_DEST};
 use crate::sys::{self, Errno, SysResult};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -54,9 +54,9 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
         return client::request(&mut local, ns, &m, &[]).map(|(r, _)| r.a as i32).map_err(client::unavailable);
     }
     if key != 0 {
-        let g = ns.reg.lock();
+        let g = ns.reg.lock_bounded()?;
         match g.find_key(key) {
-            Some(slot) => return lookup_checks(&g, &mut creds, slot, &p),
+            Some(slot) => return lookup_checks(g.live(), &mut creds, slot, &p),
             None if flg & IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
             None => {}
         }
@@ -92,11 +92,11 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
     let mut waited = 0;
     loop {
         local.sweep_fds(&ns.reg);
-        let mut g = ns.reg.lock();
+        let mut g = ns.reg.lock_bounded()?;
         if p.key != 0 {
             // Look again: the key may have been created while no lock was held.
             if let Some(slot) = g.find_key(p.key) {
-                return lookup_checks(&g, creds, slot, p);
+                return lookup_checks(g.live(), creds, slot, p);
             }
         }
         let plan = match newseg_plan(&g, creds, p) {
@@ -211,9 +211,14 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
         return shmat_remote(&mut local, ns, id, addr, fixed, flg, prot, acc);
     }
     local.sweep_fds(&ns.reg);
-    let info = shmat_hold(&mut ns.reg.lock(), &mut Creds::current(), me, id, acc)?;
+    let info = shmat_hold(&mut ns.reg.lock_bounded()?, &mut Creds::current(), me, id, acc)?;
     let res = segment_fd(&mut local, ns, &info, flg & SHM_RDONLY != 0).and_then(|(fd, _keep)| map_segment(fd, &info, addr, fixed, flg, prot));
-    shmat_done(&mut ns.reg.lock(), me, info.slot, info.serial, res.is_ok(), pid);
+    match ns.reg.lock_bounded() {
+        Ok(mut g) => shmat_done(&mut g, me, info.slot, info.serial, res.is_ok(), pid),
+        // The hold goes with the next booking (atime and lpid stay as they were).
+        Err(_) if res.is_err() => local.unbooked.push((info.slot, info.serial, 0, 1)),
+        Err(_) => {}
+    }
     let at = res?;
     attached(&mut local, ns, &info, at, flg, prot);
     Ok(at)
@@ -397,8 +402,12 @@ fn book_local(local: &mut Local, ns: &Namespace, deltas: Vec<(usize, u64, u32, u
     }
     let Ok((me, _)) = client::ensure_conn(local, ns) else { return };
     let pid = local.pid; // ensure_conn checked it is ours
-    let mut g = ns.reg.lock();
-    for (slot, serial, opens, closes) in deltas {
+    let Ok(mut g) = ns.reg.lock_bounded() else {
+        // A holder of the lock that does not let go (stopped): booked later.
+        local.unbooked.extend(deltas);
+        return;
+    };
+    for (slot, serial, opens, closes) in local.unbooked.drain(..).chain(deltas) {
         book(&mut g, me, slot, serial, opens, closes, pid);
     }
     drop(g);
@@ -689,18 +698,28 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         sys::copy_from_user(&mut setbuf, buf)?;
     }
     let ns = process::namespace()?;
-    if matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY) && client::synced(ns) {
-        // Fast path: a snapshot without the lock and without a system call
-        // (deaths are applied as `client::synced` describes).
-        if let Ok(r) = ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)) {
-            let (ret, out) = r?;
-            if let Some((bytes, len)) = out {
-                sys::copy_to_user(buf, &bytes[..len])?;
-            }
-            return Ok(ret);
+    // The stat commands read what the registry publishes, without the lock
+    // (whoever holds it meanwhile): at once when this process is synced
+    // (deaths are applied as `client::synced` describes), else after `sync`.
+    let stat = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY);
+    let read_stat = || -> Option<SysResult<i32>> {
+        let (ret, out) = match ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)).ok()? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(out.map_or(Ok(()), |(bytes, len)| sys::copy_to_user(buf, &bytes[..len])).map(|_| ret))
+    };
+    if stat && client::synced(ns) {
+        if let Some(r) = read_stat() {
+            return r;
         }
     }
     client::sync(ns)?;
+    if stat {
+        if let Some(r) = read_stat() {
+            return r;
+        }
+    }
     // Reading commands allocate nothing; the others may (descriptor sweeps).
     let reads = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY | IPC_INFO);
     let _quiet = (!reads).then(sys::block_signals);
@@ -708,7 +727,7 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         // LOCAL first (lock order), so that descriptors of segments this call
         // destroys are dropped before it returns.
         let mut local = LOCAL.lock();
-        let mut g = ns.reg.lock();
+        let mut g = ns.reg.lock_bounded()?;
         let r = shmctl_locked(&mut g, &mut Creds::current(), id, cmd, &setbuf, &|s| resident_pages(&ns.reg, s, Some(&local)));
         drop(g);
         if !reads {
@@ -717,10 +736,10 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
             local.sweep_fds(&ns.reg);
         }
         r?
-    } else if reads && cmd != IPC_INFO {
-        // A shared namespace's client reads the registry it maps, once the server
-        // has applied every death the kernel reported (sync above).
-        ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)).map_err(|_| Errno(libc::ENOMEM))??
+    } else if stat {
+        // A shared namespace's client reads the registry it maps; `read` gave up
+        // (a second of continuous updates).
+        return Err(Errno(libc::ENOMEM));
     } else {
         let mut m = Msg::new(proto::SHMCTL);
         (m.a, m.b) = (id as u32 as u64, cmd as u32 as u64);
@@ -757,7 +776,7 @@ pub fn sysctl_write(which: Sysctl, text: &[u8]) -> SysResult<()> {
     client::sync(ns)?;
     if !ns.reg.is_shared() {
         let _local = LOCAL.lock();
-        let mut g = ns.reg.lock();
+        let mut g = ns.reg.lock_bounded()?;
         lifecycle::sysctl_write(&mut g, which, v);
         return Ok(());
     }
@@ -794,12 +813,12 @@ pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
     let _ = client::sync(ns);
     let local = LOCAL.try_lock();
     let reg = &ns.reg;
-    let snapshot = |reg: &Registry| {
-        (0..=reg.header().max_idx.get().max(-1))
+    let snapshot = |v: View| {
+        (0..=v.max_idx().max(-1))
             .map(|i| i as usize)
-            .filter(|&i| reg.slot(i).is_used())
+            .filter(|&i| v.slot(i).is_used())
             .map(|i| {
-                let s = reg.slot(i);
+                let s = v.slot(i);
                 SegStat {
                     id: make_id(s.seq.get(), i as u32),
                     key: s.key.get(),
@@ -815,16 +834,14 @@ pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
                     cpid: s.cpid.get(),
                     lpid: s.lpid.get(),
                     nattch: s.nattch.get(),
-                    rss_pages: resident_pages(reg, s, local.as_deref()),
+                    rss_pages: resident_pages(v.registry(), v.registry().slot(i), local.as_deref()),
                 }
             })
             .collect::<Vec<_>>()
     };
-    if reg.writable {
-        let g = reg.lock();
-        snapshot(&g)
-    } else {
-        reg.read(snapshot).unwrap_or_default()
+    match reg.writable.then(|| reg.lock_bounded().ok()).flatten() {
+        Some(g) => snapshot(g.live()),
+        None => reg.read(snapshot).unwrap_or_default(),
     }
 }
 

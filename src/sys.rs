@@ -481,6 +481,17 @@ pub fn set_nonblock(fd: RawFd) {
     }
 }
 
+/// Clears O_NONBLOCK.
+pub fn set_blocking(fd: RawFd) {
+    // SAFETY: fcntl flag calls on a descriptor; no memory is passed.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+}
+
 /// A pipe (read end, write end), close-on-exec.
 pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
     let mut p = [0; 2];
@@ -979,6 +990,21 @@ pub unsafe fn init_robust_mutex(m: *mut libc::pthread_mutex_t) {
 pub unsafe fn robust_mutex_lock(m: *mut libc::pthread_mutex_t) -> i32 {
     // SAFETY: as the caller guarantees.
     unsafe { libc::pthread_mutex_lock(m) }
+}
+
+/// pthread_mutex_timedlock for at most `wait`; returns 0, EOWNERDEAD or ETIMEDOUT.
+///
+/// # Safety
+/// As for `robust_mutex_lock`.
+pub unsafe fn robust_mutex_timedlock(m: *mut libc::pthread_mutex_t, wait: std::time::Duration) -> i32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    let ns = ts.tv_nsec as u64 + wait.subsec_nanos() as u64;
+    ts.tv_sec += wait.as_secs() as libc::time_t + (ns / 1_000_000_000) as libc::time_t;
+    ts.tv_nsec = (ns % 1_000_000_000) as libc::c_long;
+    // SAFETY: as the caller guarantees; ts is a valid absolute time.
+    unsafe { libc::pthread_mutex_timedlock(m, &ts) }
 }
 
 /// pthread_mutex_trylock; returns 0, EOWNERDEAD or EBUSY.

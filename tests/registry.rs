@@ -259,7 +259,8 @@ fn record_sizes_are_as_documented() {
     assert_eq!(std::mem::size_of::<Slot>(), 136);
     assert_eq!(std::mem::size_of::<ProcEntry>(), 24);
     assert_eq!(std::mem::size_of::<Rec>(), 32);
-    assert_eq!(FILE_SIZE, HEADER_SIZE + MAX_SLOTS * 136 + INDEX_SIZE * 4 + MAX_PROCS * 24 + MAX_RECS * 32);
+    // Slots and key index exist twice: live and published.
+    assert_eq!(FILE_SIZE, HEADER_SIZE + 2 * (MAX_SLOTS * 136 + INDEX_SIZE * 4) + MAX_PROCS * 24 + MAX_RECS * 32);
 }
 
 #[test]
@@ -278,8 +279,9 @@ fn an_idle_namespace_costs_a_few_pages() {
     g.check_invariants().unwrap();
     drop(g);
     let allocated = std::fs::metadata(d.join("registry")).unwrap().blocks() * 512;
-    // Header and key index (allocated when built) and one chunk of each region.
-    assert!(allocated <= 4096 + 256 * 1024 + 3 * 64 * 1024, "registry allocates {allocated} bytes for 10 segments");
+    // Header and both key indexes (allocated when built) and one chunk of each
+    // region, slots twice.
+    assert!(allocated <= HEADER_SIZE as u64 + 2 * 256 * 1024 + 4 * 64 * 1024, "registry allocates {allocated} bytes for 10 segments");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -345,4 +347,35 @@ fn a_full_filesystem_fails_the_call_that_needs_space_never_a_later_access() {
     unsafe { libc::umount2(c(&mnt).as_ptr(), libc::MNT_DETACH) };
     std::fs::remove_dir_all(&d).unwrap();
     res.unwrap();
+}
+
+#[test]
+fn readers_without_the_lock_never_wait_for_a_writer() {
+    // A writer that holds the lock in the middle of an update (as one stopped by
+    // SIGSTOP would) leaves lock-free readers the state before it, at once.
+    let d = tempdir("latch");
+    let reg = Registry::open_or_create(&d, LIMITS, false).unwrap();
+    let mut g = reg.lock();
+    let a = create(&mut g, 0x51, 1);
+    drop(g);
+    let mut g = reg.lock();
+    remove(&mut g, a);
+    let b = create(&mut g, 0x52, 2);
+    let seen = std::thread::scope(|s| {
+        s.spawn(|| {
+            let t = std::time::Instant::now();
+            let r = reg.read(|v| (v.find_key(0x51), v.find_key(0x52), v.in_use(), v.shm_tot(), v.slot_of_id(a).is_some()));
+            (r, t.elapsed())
+        })
+        .join()
+        .unwrap()
+    });
+    let (r, took) = seen;
+    assert_eq!(r.unwrap(), (Some(id_idx(a)), None, 1, 1, true), "readers see the state before the update");
+    assert!(took < std::time::Duration::from_millis(500), "a reader waited {took:?} for a holder of the lock");
+    drop(g);
+    let r = reg.read(|v| (v.find_key(0x51), v.find_key(0x52), v.in_use(), v.shm_tot(), v.slot_of_id(a).is_some(), v.slot_of_id(b).is_some()));
+    assert_eq!(r.unwrap(), (None, Some(id_idx(b)), 1, 2, false, true), "and the whole update once it is published");
+    reg.lock().check_invariants().unwrap();
+    std::fs::remove_dir_all(&d).unwrap();
 }

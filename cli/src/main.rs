@@ -408,7 +408,7 @@ fn cmd_check() -> i32 {
         return 1;
     }
     let local_check =
-        if reg.writable { reg.lock().check_invariants() } else { reg.read(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string())) };
+        if reg.writable { reg.lock().check_invariants() } else { reg.read_live(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string())) };
     if let Err(e) = local_check {
         println!("registry {}: {e}", reg.path.display());
         return 1;

@@ -30,6 +30,15 @@
  *                                  create, attach, write, remove
  *   fault setuid UID KEY           drop to UID before the first SysV call, then
  *                                  create, attach, write, read back, stat, remove
+ *   fault flood SOCK               connects to SOCK until its backlog is full (the
+ *                                  server does not accept), prints "flooded N"
+ *                                  and holds the connections until killed
+ *   fault lockhold REGISTRY [odd]  a participant of the same user that takes the
+ *                                  registry lock (the robust mutex at offset 64)
+ *                                  and stops itself (SIGSTOP) while holding it;
+ *                                  "odd" also leaves the publication counter (the
+ *                                  u64 at offset 128) odd, as a writer stopped
+ *                                  while publishing would
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -50,6 +59,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/resource.h>
 
 static const char *en(int e) {
     switch (e) {
@@ -84,6 +96,40 @@ int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *cmd = argv[1];
     setvbuf(stdout, 0, _IOLBF, 0);
+    if (!strcmp(cmd, "flood") && argc == 3) {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 20000) {
+            rl.rlim_cur = rl.rlim_max < 20000 ? rl.rlim_max : 20000;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", argv[2]);
+        int n = 0;
+        for (;;) {
+            int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
+            if (s < 0) return fail("socket");
+            if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0) {
+                if (errno == EAGAIN) break;
+                return fail("connect");
+            }
+            n++;
+        }
+        printf("flooded %d\n", n);
+        pause();
+        return 0;
+    }
+    if (!strcmp(cmd, "lockhold") && (argc == 3 || argc == 4)) {
+        int fd = open(argv[2], O_RDWR);
+        if (fd < 0) return fail("open");
+        unsigned char *m = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) return fail("mmap");
+        int r = pthread_mutex_lock((pthread_mutex_t *)(m + 64));
+        if (r != 0 && r != EOWNERDEAD) { errno = r; return fail("lock"); }
+        if (argc == 4) __atomic_fetch_add((uint64_t *)(m + 128), 1, __ATOMIC_SEQ_CST);
+        printf("held\n");
+        raise(SIGSTOP);
+        return 0;
+    }
     if (!strcmp(cmd, "create") && argc == 5) {
         int id = shmget((key_t)strtoul(argv[2], 0, 0), strtoul(argv[3], 0, 0), IPC_CREAT | (int)strtol(argv[4], 0, 8));
         if (id < 0) return fail("shmget");
