@@ -4,7 +4,7 @@
 //! field is a reference to an atomic, which is sound however other processes write
 //! the bytes behind it. Loads and stores are `Relaxed`; ordering between fields comes
 //! from the registry lock (acquire/release on the mutex word) or from the registry's
-//! sequence counter (acquire/release, see `registry::Registry::read`).
+//! publication counter (acquire/release, see `registry::Registry::read`).
 
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 

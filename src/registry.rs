@@ -1023,14 +1023,19 @@ fn map_fd(fd: &OwnedFd, writable: bool) -> SysResult<SharedMap> {
 
 /// Which entries of a table a holder of the lock may have changed: up to
 /// `MARKS` of them, else all.
-#[derive(Default)]
 struct Marks {
     n: std::cell::Cell<usize>,
     ids: [std::cell::Cell<u32>; MARKS],
     all: std::cell::Cell<bool>,
 }
 
-const MARKS: usize = 16;
+impl Default for Marks {
+    fn default() -> Self {
+        Marks { n: Default::default(), ids: std::array::from_fn(|_| Default::default()), all: Default::default() }
+    }
+}
+
+const MARKS: usize = 64;
 
 impl Marks {
     fn mark(&self, i: usize) {
