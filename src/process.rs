@@ -455,10 +455,10 @@ impl Local {
     /// the caller no descriptor: at most FD_CACHE of ours sit below the soft
     /// RLIMIT_NOFILE, the rest above it where the hard limit leaves room.
     /// Returns the descriptor if there was no room to keep it (the caller uses
-    /// it once).
-    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd) -> Option<OwnedFd> {
+    /// it once). `st`: its status, if the caller has it already.
+    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd, st: Option<libc::stat>) -> Option<OwnedFd> {
         self.fds.remove(&serial);
-        let dev = match sys::fstat(fd.as_raw_fd()) {
+        let dev = match st.map_or_else(|| sys::fstat(fd.as_raw_fd()), Ok) {
             Ok(st) if st.st_ino == ino => st.st_dev,
             _ => return Some(fd),
         };

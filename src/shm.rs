@@ -118,7 +118,7 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             let mut named = Msg::new(proto::NAMED);
             (named.a, named.b, named.c) = (server_fd as u32 as u64, serial, idx as u64);
             process::notify(&named);
-            let _ = local.cache_fd(idx, serial, ino, fd);
+            let _ = local.cache_fd(idx, serial, ino, fd, None);
             return Ok(id);
         }
         let gen_ok = local.conn.as_ref().map(|c| c.server_gen) == Some(g.hdr().server_gen.get());
@@ -316,22 +316,21 @@ fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -
     if let Some(fd) = local.cached_fd(info.serial, info.ino, info.file_len, rdonly) {
         return Ok((fd, None));
     }
-    let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|st| st.st_ino == info.ino && process::sized(f.as_raw_fd(), &st, info.file_len)).unwrap_or(false);
-    let from_proc = info.server_fd.and_then(|n| local.conn.as_ref()?.server_fd(n)).filter(is_seg);
-    let fd = match from_proc {
-        Some(fd) => fd,
+    // The segment's memfd, sized: its status.
+    let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).ok().filter(|st| st.st_ino == info.ino && process::sized(f.as_raw_fd(), st, info.file_len));
+    let from_proc = info.server_fd.and_then(|n| local.conn.as_ref()?.server_fd(n)).and_then(|fd| Some((is_seg(&fd)?, fd)));
+    let (st, fd) = match from_proc {
+        Some(found) => found,
         None => {
             let fd = client::get_fd(local, ns, info.slot, info.serial, rdonly).map_err(|e| if e.0 == libc::EACCES { e } else { Errno(libc::EIDRM) })?;
-            if !is_seg(&fd) {
-                return Err(Errno(libc::EIDRM));
-            }
+            let Some(st) = is_seg(&fd) else { return Err(Errno(libc::EIDRM)) };
             if rdonly {
                 return Ok((fd.as_raw_fd(), Some(fd)));
             }
-            fd
+            (st, fd)
         }
     };
-    if let Some(fd) = local.cache_fd(info.slot, info.serial, info.ino, fd) {
+    if let Some(fd) = local.cache_fd(info.slot, info.serial, info.ino, fd, Some(st)) {
         // No room to keep it: this attach uses it once.
         if rdonly {
             let ro = process::reopen(fd.as_raw_fd(), libc::O_RDONLY | libc::O_CLOEXEC)?;
