@@ -383,7 +383,7 @@ fn cmd_stat(args: &[String]) -> i32 {
 fn cmd_gc() -> i32 {
     let ns = open_namespace();
     let count = |reg: &registry::Registry| {
-        let g = (reg.writable).then(|| reg.lock());
+        let g = reg.writable.then(|| reg.lock_bounded().ok()).flatten();
         let n = reg.used_procs().count();
         let segs = reg.header().in_use.get();
         drop(g);
@@ -407,8 +407,14 @@ fn cmd_check() -> i32 {
         println!("registry {}: cannot reach the namespace's server: {}", reg.path.display(), e.name());
         return 1;
     }
-    let local_check =
-        if reg.writable { reg.lock().check_invariants() } else { reg.read_live(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string())) };
+    let local_check = if reg.writable {
+        match reg.lock_bounded() {
+            Ok(g) => g.check_invariants(),
+            Err(_) => Err("its lock is held by a process that does not let go of it (stopped?)".to_string()),
+        }
+    } else {
+        reg.read_live(|r| r.check_invariants()).unwrap_or_else(|e| Err(e.name().to_string()))
+    };
     if let Err(e) = local_check {
         println!("registry {}: {e}", reg.path.display());
         return 1;
