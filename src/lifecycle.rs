@@ -599,7 +599,7 @@ fn shmctl_lock(g: &mut RegGuard, creds: &mut Creds, id: i32, cmd: i32) -> SysRes
         let lim = creds.memlock();
         if lim != libc::RLIM_INFINITY && !creds.capable(CAP_IPC_LOCK) {
             let already: u64 = (0..=g.hdr().max_idx.get().max(-1))
-                .map(|i| g.slot(i as usize))
+                .map(|i| g.reg.slot(i as usize))
                 .filter(|o| o.is_used() && o.mode.get() & SHM_LOCKED != 0 && o.lock_uid.get() == user)
                 .map(|o| o.pages.get())
                 .sum();

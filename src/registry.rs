@@ -702,6 +702,8 @@ impl Registry {
                 // the live tables are complete, so the copy is finished first.
                 g.marks.all.set(true);
                 g.index_marks.all.set(true);
+                // (Readers that see the copy's new bytes see `seq` move.)
+                fence(Ordering::Release);
                 g.copy_out();
                 h.seq.atomic().store(s.wrapping_add(1), Ordering::Release);
             }
@@ -1181,6 +1183,9 @@ impl<'a> RegGuard<'a> {
         fence(Ordering::Release);
         self.copy_out();
         seq.store(s.wrapping_add(2), Ordering::Release);
+        // Live writes after this (the guard goes on after a check) come after
+        // the even `seq` for every reader.
+        fence(Ordering::Release);
         self.marks.clear();
         self.index_marks.clear();
     }
@@ -1188,7 +1193,12 @@ impl<'a> RegGuard<'a> {
     /// [`Registry::check_invariants`] once this update so far is published.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.publish();
-        self.reg.check_invariants()
+        let r = self.reg.check_invariants();
+        // Slots reached before the check may still be written: the next
+        // publication copies them all.
+        self.marks.all.set(true);
+        self.index_marks.all.set(true);
+        r
     }
 
     pub fn proc_entry(&self, i: usize) -> &'a ProcEntry {

@@ -426,7 +426,8 @@ impl Server {
         }
         let slots: Vec<(usize, u64, u64)> = {
             let g = self.reg.lock();
-            (0..g.slot_hwm()).filter(|&i| g.slot(i).is_used()).map(|i| (i, g.slot(i).serial.get(), g.slot(i).ino.get())).collect()
+            let s = |i| g.reg.slot(i);
+            (0..g.slot_hwm()).filter(|&i| s(i).is_used()).map(|i| (i, s(i).serial.get(), s(i).ino.get())).collect()
         };
         let pids: Vec<i32> = alive.iter().map(|a| a.2).collect();
         let found: Vec<(usize, u64, Option<OwnedFd>)> = slots.iter().map(|&(i, serial, ino)| (i, serial, recover_fd(&pids, ino))).collect();
@@ -1175,7 +1176,7 @@ impl Server {
         let mut named = std::collections::HashSet::new();
         self.by_serial.clear();
         for i in 0..=h.max_idx.get().max(-1) as isize {
-            let s = g.slot(i as usize);
+            let s = g.reg.slot(i as usize);
             if s.state.get() != SLOT_USED {
                 continue;
             }
@@ -1221,7 +1222,7 @@ impl Server {
         let g = self.reg.lock();
         g.check_invariants()?;
         for i in 0..g.slot_hwm() {
-            let s = g.slot(i);
+            let s = g.reg.slot(i);
             if s.is_used() && self.held(i, s.serial.get()).is_none() && !self.pooled_for(s.serial.get()) {
                 return Err(format!("slot {i} (key {:#x}): the server does not hold its memory (a ghost: shmat would fail)", s.key.get() as u32));
             }

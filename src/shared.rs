@@ -155,7 +155,9 @@ impl RawMutex {
     pub fn lock_for(&self, wait: std::time::Duration) -> Option<(Locked<'_>, bool)> {
         // SAFETY: as in `lock`.
         let r = unsafe { sys::robust_mutex_timedlock(self.ptr(), wait) };
-        (r != libc::ETIMEDOUT).then(|| (Locked { m: self, _thread: PhantomData }, r == libc::EOWNERDEAD))
+        // (ETIMEDOUT, or ENOTRECOVERABLE: a repairer that failed to finish; no
+        // lock is held either way.)
+        matches!(r, 0 | libc::EOWNERDEAD).then(|| (Locked { m: self, _thread: PhantomData }, r == libc::EOWNERDEAD))
     }
 
     /// Locks only if free.

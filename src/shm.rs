@@ -37,13 +37,12 @@ pub fn shmget(key: i32, size: usize, flg: i32) -> SysResult<i32> {
         // not yet applied change no lookup (a segment they would destroy is
         // removed already, so its key is gone); a dead server would (its segments
         // may have lost their memory), and that is one load to rule out.
-        if ns.reg.server_alive() || ns.reg.header().in_use.get() == 0 {
-            let found = ns.reg.read(|r| r.find_key(key).map(|slot| lookup_checks(r, &mut Creds::current(), slot, &p)));
-            match found {
-                Ok(Some(r)) => return r,
-                Ok(None) if flg & IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
-                _ => {}
-            }
+        let alive = ns.reg.server_alive();
+        let found = ns.reg.read(|r| (alive || r.in_use() == 0).then(|| r.find_key(key).map(|slot| lookup_checks(r, &mut Creds::current(), slot, &p))));
+        match found {
+            Ok(Some(Some(r))) => return r,
+            Ok(Some(None)) if flg & IPC_CREAT == 0 => return Err(Errno(libc::ENOENT)), // S32
+            _ => {}
         }
     }
     client::sync(ns)?;
@@ -833,7 +832,7 @@ pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
                     cpid: s.cpid.get(),
                     lpid: s.lpid.get(),
                     nattch: s.nattch.get(),
-                    rss_pages: resident_pages(v.registry(), v.registry().slot(i), local.as_deref()),
+                    rss_pages: resident_pages(v.registry(), s, local.as_deref()),
                 }
             })
             .collect::<Vec<_>>()
