@@ -726,25 +726,7 @@ impl Registry {
     /// if `seq` moved meanwhile. `f` must tolerate torn data (all walks here are
     /// bounded). Gives up with EAGAIN after about a second of continuous updates.
     pub fn read<T>(&self, mut f: impl FnMut(View<'_>) -> T) -> SysResult<T> {
-        let seq = self.header().seq.atomic();
-        let start = std::time::Instant::now();
-        let mut spins = 0u32;
-        loop {
-            let s1 = seq.load(Ordering::Acquire);
-            let v = f(View { reg: self, published: s1.is_multiple_of(2) });
-            fence(Ordering::Acquire);
-            if seq.load(Ordering::Relaxed) == s1 {
-                return Ok(v);
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                if start.elapsed() > std::time::Duration::from_secs(1) {
-                    return Err(Errno(libc::EAGAIN));
-                }
-                std::thread::yield_now();
-            }
-            std::hint::spin_loop();
-        }
+        optimistic(self.header().seq.atomic(), |s| Some(f(View { reg: self, published: s.is_multiple_of(2) })))
     }
 
     /// Waits until the update in progress, if any, is published, for at most
@@ -766,27 +748,7 @@ impl Registry {
     /// one does or did meanwhile; EAGAIN after about a second (a holder that is
     /// stopped). For diagnostics of a registry this process may not lock.
     pub fn read_live<T>(&self, mut f: impl FnMut(&Registry) -> T) -> SysResult<T> {
-        let busy = self.header().busy.atomic();
-        let start = std::time::Instant::now();
-        let mut spins = 0u32;
-        loop {
-            let s1 = busy.load(Ordering::Acquire);
-            if s1.is_multiple_of(2) {
-                let v = f(self);
-                fence(Ordering::Acquire);
-                if busy.load(Ordering::Relaxed) == s1 {
-                    return Ok(v);
-                }
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                if start.elapsed() > std::time::Duration::from_secs(1) {
-                    return Err(Errno(libc::EAGAIN));
-                }
-                std::thread::yield_now();
-            }
-            std::hint::spin_loop();
-        }
+        optimistic(self.header().busy.atomic(), |b| b.is_multiple_of(2).then(|| f(self)))
     }
 
     // ------------------------------------------------------------- lookups
@@ -934,6 +896,31 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `attempt` with the value of `counter` until it returns a result while
+/// `counter` stayed the same (writers move it around what it guards); EAGAIN
+/// after about a second of attempts.
+fn optimistic<T>(counter: &AtomicU64, mut attempt: impl FnMut(u64) -> Option<T>) -> SysResult<T> {
+    let start = std::time::Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let s1 = counter.load(Ordering::Acquire);
+        if let Some(v) = attempt(s1) {
+            fence(Ordering::Acquire);
+            if counter.load(Ordering::Relaxed) == s1 {
+                return Ok(v);
+            }
+        }
+        spins += 1;
+        if spins.is_multiple_of(64) {
+            if start.elapsed() > std::time::Duration::from_secs(1) {
+                return Err(Errno(libc::EAGAIN));
+            }
+            std::thread::yield_now();
+        }
+        std::hint::spin_loop();
     }
 }
 
