@@ -89,10 +89,10 @@ fn try_connect(path: &Path, deadline: Instant) -> SysResult<OwnedFd> {
 }
 
 /// Connects to the namespace's server, starting one (private namespaces) when
-/// nobody listens.
-fn connect(ns: &Namespace) -> SysResult<OwnedFd> {
+/// nobody listens; a full backlog is waited for at most `wait`.
+fn connect(ns: &Namespace, wait: Duration) -> SysResult<OwnedFd> {
     let path = sock_path(&ns.dir);
-    match try_connect(&path, Instant::now() + REPLY_TIMEOUT) {
+    match try_connect(&path, Instant::now() + wait) {
         Ok(s) => return Ok(s),
         Err(Errno(libc::ECONNREFUSED | libc::ENOENT)) if !ns.reg.is_shared() => {}
         Err(Errno(libc::ECONNREFUSED | libc::ENOENT)) => {
@@ -124,7 +124,7 @@ pub fn ensure_conn(local: &mut Local, ns: &Namespace) -> SysResult<(usize, u32)>
     if let Some(me) = registered(local, &ns.reg) {
         return Ok(me);
     }
-    start_hello(local, ns)?;
+    start_hello(local, ns, REPLY_TIMEOUT)?;
     finish_hello(local, REPLY_TIMEOUT).map_err(unavailable)
 }
 
@@ -166,9 +166,10 @@ fn registered(local: &mut Local, reg: &crate::registry::Registry) -> Option<(usi
     None
 }
 
-/// Connects and sends HELLO (once; the reply is taken by `finish_hello`). A
-/// connection accepted means a server that has adopted the namespace is alive.
-fn start_hello(local: &mut Local, ns: &Namespace) -> SysResult<()> {
+/// Connects (waiting at most `wait` for room in a full backlog) and sends HELLO
+/// (once; the reply is taken by `finish_hello`). A connection accepted means a
+/// server that has adopted the namespace is alive.
+fn start_hello(local: &mut Local, ns: &Namespace, wait: Duration) -> SysResult<()> {
     if let Some(p) = &local.pending {
         if p.intact() {
             return Ok(());
@@ -178,7 +179,7 @@ fn start_hello(local: &mut Local, ns: &Namespace) -> SysResult<()> {
         }
     }
     let pid = sys::getpid();
-    let sock = HeldFd::new(connect(ns)?)?;
+    let sock = HeldFd::new(connect(ns, wait)?)?;
     sys::set_passcred(sock.fd);
     // Our attaches, so that a new entry counts them (a raw fork's child, or a
     // process re-registering after its server died and its entry was reaped).
@@ -332,7 +333,7 @@ pub fn before_exec(ns: &Namespace) {
         // (on a connection of its own: ours would register us again).
         drop_conn(c, false);
         local.me = None;
-        if let Ok(sock) = connect(ns) {
+        if let Ok(sock) = connect(ns, REPLY_TIMEOUT) {
             sys::set_passcred(sock.as_raw_fd());
             let _ = roundtrip(sock.as_raw_fd(), &Msg::new(proto::SYNC), &[]);
         }
@@ -472,7 +473,8 @@ fn reregister(ns: &Namespace) -> SysResult<()> {
     if registered(&mut local, &ns.reg).is_some() {
         return Ok(());
     }
-    start_hello(&mut local, ns)?;
+    // The call needs no registration: a backlog that stays full is not waited for.
+    start_hello(&mut local, ns, SETTLE)?;
     match finish_hello(&mut local, Duration::ZERO) {
         Ok(_) | Err(Errno(libc::ETIMEDOUT)) => Ok(()),
         Err(e) => Err(unavailable(e)),
