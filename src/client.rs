@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long a call waits for its server's reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a process's first observation waits for an update in progress.
+/// How long a call that only observes waits for another process: for an update
+/// in progress (a process's first observation), for room in a full backlog.
 const SETTLE: Duration = Duration::from_millis(100);
 /// How long a call waits for a newly started server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,7 +76,7 @@ fn try_connect(path: &Path, deadline: Instant) -> SysResult<OwnedFd> {
         let s = sys::socket_unix(libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK)?;
         match sys::connect(s.as_raw_fd(), path) {
             Ok(()) => {
-                sys::set_blocking(s.as_raw_fd());
+                sys::set_nonblocking(s.as_raw_fd(), false);
                 return Ok(s);
             }
             Err(Errno(libc::EAGAIN)) if Instant::now() < deadline => {
@@ -642,7 +643,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             local.conn =
                 Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid, server_pidfd: p.server_pidfd });
             local.me = Some(c.me);
-            if let Some(g) = ns.reg.writable.then(|| ns.reg.lock_bounded().ok()).flatten() {
+            if let Some(g) = ns.reg.lock_if_writable() {
                 let e = g.proc_entry(c.me.0);
                 if e.gen.get() == c.me.1 {
                     e.pid.set(pid);
@@ -667,7 +668,7 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
 /// failed, the registration is undone: our end of its connection closes).
 pub fn after_fork(ns: &Namespace, child: Option<Child>, pid: i32) {
     let Some(c) = child else { return };
-    if let Some(mut g) = ns.reg.writable.then(|| ns.reg.lock_bounded().ok()).flatten() {
+    if let Some(mut g) = ns.reg.lock_if_writable() {
         if pid > 0 {
             let e = g.proc_entry(c.me.0);
             if e.gen.get() == c.me.1 && e.pid.get() != 0 {

@@ -658,33 +658,33 @@ impl Registry {
 
     /// Takes the registry lock, repairing the registry if a holder died.
     pub fn lock(&self) -> RegGuard<'_> {
-        assert!(self.writable, "a read-only registry cannot be locked");
-        // Counted before it is taken (see fsmutex::note_held).
-        crate::fsmutex::note_held(true);
-        let (held, owner_died) = self.header().mutex.lock();
-        self.locked(held, owner_died)
+        self.acquire(|m| Some(m.lock())).expect("a blocking lock returns held")
     }
 
     /// Takes the lock for a participant's call, waiting at most `LOCK_TIMEOUT`: a
     /// holder that stopped (SIGSTOP, a debugger) makes the call fail with ENOMEM
     /// in bounded time instead of freezing it. Readers never wait (`read`).
     pub fn lock_bounded(&self) -> SysResult<RegGuard<'_>> {
-        assert!(self.writable, "a read-only registry cannot be locked");
-        crate::fsmutex::note_held(true);
-        let Some((held, owner_died)) = self.header().mutex.lock_for(LOCK_TIMEOUT) else {
-            crate::fsmutex::note_held(false);
-            return Err(Errno(libc::ENOMEM));
-        };
-        Ok(self.locked(held, owner_died))
+        self.acquire(|m| m.lock_for(LOCK_TIMEOUT)).ok_or(Errno(libc::ENOMEM))
+    }
+
+    /// `lock_bounded` where this process may lock (not a shared namespace's
+    /// client) and the lock was had in time.
+    pub fn lock_if_writable(&self) -> Option<RegGuard<'_>> {
+        self.writable.then(|| self.lock_bounded().ok()).flatten()
     }
 
     /// Takes the lock only if it is free.
     pub fn try_lock(&self) -> Option<RegGuard<'_>> {
-        if !self.writable {
-            return None;
-        }
+        self.writable.then(|| self.acquire(|m| m.try_lock())).flatten()
+    }
+
+    /// Takes the lock with `take` (None: not taken), counted as held while it is
+    /// taken (see fsmutex::note_held).
+    fn acquire<'a>(&'a self, take: impl FnOnce(&'a RawMutex) -> Option<(Locked<'a>, bool)>) -> Option<RegGuard<'a>> {
+        assert!(self.writable, "a read-only registry cannot be locked");
         crate::fsmutex::note_held(true);
-        let Some((held, owner_died)) = self.header().mutex.try_lock() else {
+        let Some((held, owner_died)) = take(&self.header().mutex) else {
             crate::fsmutex::note_held(false);
             return None;
         };
@@ -1105,6 +1105,24 @@ impl Region {
     }
 }
 
+/// The guard's two uses of the header fields that `Stats` publishes, from one
+/// list of them.
+macro_rules! published_counters {
+    ($($f:ident),*) => {
+        /// Whether a counter readers without the lock see differs from the live one.
+        fn stats_differ(&self) -> bool {
+            let (h, p) = (self.hdr(), &self.hdr().published);
+            false $(|| p.$f.get() != h.$f.get())*
+        }
+
+        /// Copies the live counters into the published ones.
+        fn copy_counters(&self) {
+            let (h, p) = (self.hdr(), &self.hdr().published);
+            $(p.$f.set(h.$f.get());)*
+        }
+    };
+}
+
 impl<'a> RegGuard<'a> {
     // The accessors borrow from the mapping ('a), not from the guard: they are
     // references to atomics, which may coexist with the guard's `&mut self` methods.
@@ -1126,34 +1144,13 @@ impl<'a> RegGuard<'a> {
         self.reg.index(i).set(v);
     }
 
-    /// The counters readers without the lock see, as the live header has them.
-    fn stats_differ(&self) -> bool {
-        let (h, p) = (self.hdr(), &self.hdr().published);
-        p.shmmax.get() != h.shmmax.get()
-            || p.shmall.get() != h.shmall.get()
-            || p.shmmni.get() != h.shmmni.get()
-            || p.shm_tot.get() != h.shm_tot.get()
-            || p.in_use.get() != h.in_use.get()
-            || p.max_idx.get() != h.max_idx.get()
-            || p.rmid_forced.get() != h.rmid_forced.get()
-            || p.next_id.get() != h.next_id.get()
-            || p.slot_hwm.get() != h.slot_hwm.get()
-    }
+    published_counters!(shmmax, shmall, shmmni, shm_tot, in_use, max_idx, rmid_forced, next_id, slot_hwm);
 
     /// Copies the marked slots and index cells and the counters from the live
     /// tables into the published copy.
     fn copy_out(&self) {
-        let (reg, h) = (self.reg, self.hdr());
-        let p = &h.published;
-        p.shmmax.set(h.shmmax.get());
-        p.shmall.set(h.shmall.get());
-        p.shmmni.set(h.shmmni.get());
-        p.shm_tot.set(h.shm_tot.get());
-        p.in_use.set(h.in_use.get());
-        p.max_idx.set(h.max_idx.get());
-        p.rmid_forced.set(h.rmid_forced.get());
-        p.next_id.set(h.next_id.get());
-        p.slot_hwm.set(h.slot_hwm.get());
+        let reg = self.reg;
+        self.copy_counters();
         self.marks.each(reg.slot_hwm(), |i| reg.pub_slot(i).copy_from(reg.slot(i)));
         self.index_marks.each(INDEX_SIZE, |i| reg.pub_index(i).set(reg.index(i).get()));
     }

@@ -387,7 +387,7 @@ impl Server {
         let sock_mode = if opts.shared { 0o666 } else { 0o600 };
         let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(sock_mode));
         sys::listen(s.listen.as_raw_fd(), 4096)?;
-        sys::set_nonblock(s.listen.as_raw_fd());
+        sys::set_nonblocking(s.listen.as_raw_fd(), true);
         s.sock_ino = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
         sys::epoll_add(s.own_ep.as_raw_fd(), s.listen.as_raw_fd(), libc::EPOLLIN as u32, TAG_LISTEN)?;
         Ok(s)
@@ -806,7 +806,7 @@ impl Server {
     fn adopt_conn(&mut self, end: OwnedFd, me: (usize, u32), registered: bool) {
         let n = end.as_raw_fd();
         sys::set_passcred(n);
-        sys::set_nonblock(n);
+        sys::set_nonblocking(n, true);
         if sys::epoll_add(self.own_ep.as_raw_fd(), n, libc::EPOLLIN as u32, TAG_CONN | n as u64).is_err() {
             return;
         }

@@ -696,26 +696,19 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         sys::copy_from_user(&mut setbuf, buf)?;
     }
     let ns = process::namespace()?;
-    // The stat commands read what the registry publishes, without the lock
-    // (whoever holds it meanwhile): at once when this process is synced
-    // (deaths are applied as `client::synced` describes), else after `sync`.
-    let stat = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY);
-    let read_stat = || -> Option<SysResult<i32>> {
-        let (ret, out) = match ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)).ok()? {
-            Ok(r) => r,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(out.map_or(Ok(()), |(bytes, len)| sys::copy_to_user(buf, &bytes[..len])).map(|_| ret))
-    };
-    if stat && client::synced(ns) {
-        if let Some(r) = read_stat() {
-            return r;
-        }
-    }
+    // (Without a system call when this process is synced: deaths are applied
+    // as `client::synced` describes.)
     client::sync(ns)?;
+    // The stat commands read what the registry publishes, without the lock
+    // (whoever holds it meanwhile).
+    let stat = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY);
     if stat {
-        if let Some(r) = read_stat() {
-            return r;
+        if let Ok(r) = ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)) {
+            let (ret, out) = r?;
+            if let Some((bytes, len)) = out {
+                sys::copy_to_user(buf, &bytes[..len])?;
+            }
+            return Ok(ret);
         }
     }
     // Reading commands allocate nothing; the others may (descriptor sweeps).
@@ -837,7 +830,7 @@ pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
             })
             .collect::<Vec<_>>()
     };
-    match reg.writable.then(|| reg.lock_bounded().ok()).flatten() {
+    match reg.lock_if_writable() {
         Some(g) => snapshot(g.live()),
         None => reg.read(snapshot).unwrap_or_default(),
     }

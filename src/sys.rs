@@ -471,23 +471,13 @@ pub fn peercred(fd: RawFd) -> SysResult<libc::ucred> {
     Ok(c)
 }
 
-pub fn set_nonblock(fd: RawFd) {
+/// Sets (`on`) or clears O_NONBLOCK.
+pub fn set_nonblocking(fd: RawFd, on: bool) {
     // SAFETY: fcntl flag calls on a descriptor; no memory is passed.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
         if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
-}
-
-/// Clears O_NONBLOCK.
-pub fn set_blocking(fd: RawFd) {
-    // SAFETY: fcntl flag calls on a descriptor; no memory is passed.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
         }
     }
 }

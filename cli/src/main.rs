@@ -383,7 +383,7 @@ fn cmd_stat(args: &[String]) -> i32 {
 fn cmd_gc() -> i32 {
     let ns = open_namespace();
     let count = |reg: &registry::Registry| {
-        let g = reg.writable.then(|| reg.lock_bounded().ok()).flatten();
+        let g = reg.lock_if_writable();
         let n = reg.used_procs().count();
         let segs = reg.header().in_use.get();
         drop(g);
