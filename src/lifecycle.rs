@@ -38,6 +38,10 @@ pub const SHM_REMAP: i32 = 0o40000;
 pub const SHM_EXEC: i32 = 0o100000;
 pub const SHMLBA: usize = 4096;
 
+/// Internal only, never returned to a program: the segment is being zero-filled
+/// by its only attacher (`shm::populate_read`); the caller waits and tries again.
+pub const FILL_WAIT: i32 = libc::EINPROGRESS;
+
 /// Segments at least this big are released by an immediate message to the server.
 const BIG_SEGMENT: u64 = 1 << 20;
 
@@ -391,6 +395,9 @@ pub fn shmat_hold(g: &mut RegGuard, creds: &mut Creds, me: usize, id: i32, acc: 
     let s = g.slot(slot);
     if !creds.ipcperms(s, acc) {
         return Err(Errno(libc::EACCES)); // S67
+    }
+    if g.filling(s.serial.get()) {
+        return Err(Errno(FILL_WAIT));
     }
     g.rec_add(me, slot, 1).map_err(|_| Errno(libc::ENOMEM))?;
     let gen = g.hdr().server_gen.get();

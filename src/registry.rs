@@ -67,10 +67,10 @@ use crate::shared::{shared_struct, Locked, RawMutex, Shared, SharedMap};
 use crate::sys::{self, Errno, SysResult};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMSHIM\x02");
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Memfds the server makes ahead of time, so a creator of a private namespace needs
 /// no message to the server (see `server`).
@@ -91,6 +91,29 @@ shared_struct! {
         _pad: U32,
         pub ino: AtomicU64,
         pub taken: AtomicU64,
+    }
+}
+
+/// Zero-fills that may run at once in a namespace (`Header::fills`).
+pub const FILLS: usize = 16;
+
+shared_struct! {
+    /// A populate in progress that writes zeros into the holes of a segment's
+    /// memfd (see `shm::populate_read`): while it is set no other attach of the
+    /// segment may begin, so no writer but the filling thread can reach a page the
+    /// zeros are about to cover. Claimed under the registry lock (with the check
+    /// that the filler holds every attach); freed with a plain store by the filler,
+    /// or by whoever finds its process gone (its entry freed or claimed again).
+    pub struct FillEntry {
+        /// The segment's serial; 0: free.
+        pub serial: AtomicU64,
+        /// The filling process's proc entry and its generation.
+        pub entry: U32,
+        pub gen: U32,
+        /// Set by an attach that found the fill in progress: the filler stops
+        /// filling at its next chunk and leaves the rest to the kernel's populate.
+        pub wanted: AtomicU32,
+        _pad: U32,
     }
 }
 
@@ -220,6 +243,8 @@ shared_struct! {
         /// holding a descriptor of the memfd has emptied it (ftruncate to 0): its
         /// memory is free whoever still holds a descriptor, the server included.
         pub emptied: [U64; DESTROYED_RING],
+        /// Zero-fills in progress (not published: only holders of the lock read them).
+        pub fills: [FillEntry; FILLS],
     }
 }
 
@@ -659,6 +684,19 @@ impl Registry {
     /// Takes the registry lock, repairing the registry if a holder died.
     pub fn lock(&self) -> RegGuard<'_> {
         self.acquire(|m| Some(m.lock())).expect("a blocking lock returns held")
+    }
+
+    /// Ends zero-fill `k` of segment `serial` (`RegGuard::fill_begin`): no lock
+    /// needed, attachers look again under it.
+    pub fn fill_end(&self, k: usize, serial: u64) {
+        if let Some(f) = self.header().fills.get(k) {
+            let _ = f.serial.compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// Whether an attach is waiting for zero-fill `k` of segment `serial` to end.
+    pub fn fill_wanted(&self, k: usize, serial: u64) -> bool {
+        self.header().fills.get(k).is_some_and(|f| f.serial.load(Ordering::Acquire) == serial && f.wanted.load(Ordering::Acquire) != 0)
     }
 
     /// Takes the lock for a participant's call, waiting at most `LOCK_TIMEOUT`: a
@@ -1540,6 +1578,44 @@ impl<'a> RegGuard<'a> {
             self.slot(s).rec_head.set(r as u32);
             self.slot(s).nattch.add(rec.count.get() as u64);
         }
+    }
+
+    /// Whether the process of fill entry `f` is gone: its proc entry was freed or
+    /// claimed by another process since.
+    fn fill_stale(&self, f: &FillEntry) -> bool {
+        let i = f.entry.get() as usize;
+        i >= MAX_PROCS || self.proc_entry(i).pid.get() == 0 || self.proc_entry(i).gen.get() != f.gen.get()
+    }
+
+    /// Claims a fill entry for segment `serial` by proc entry `me`; freed entries
+    /// of processes that are gone are reused. None if all are taken.
+    pub fn fill_begin(&mut self, serial: u64, me: usize) -> Option<usize> {
+        let fills = &self.hdr().fills;
+        let k = fills.iter().position(|f| f.serial.load(Ordering::Acquire) == 0 || self.fill_stale(f))?;
+        let f = &fills[k];
+        f.entry.set(me as u32);
+        f.gen.set(self.proc_entry(me).gen.get());
+        f.wanted.store(0, Ordering::Release);
+        f.serial.store(serial, Ordering::Release);
+        Some(k)
+    }
+
+    /// Whether a live process is zero-filling segment `serial` (entries of
+    /// processes that are gone are freed on the way).
+    pub fn filling(&mut self, serial: u64) -> bool {
+        let mut busy = false;
+        if serial == 0 {
+            return false;
+        }
+        for f in self.hdr().fills.iter().filter(|f| f.serial.load(Ordering::Acquire) == serial) {
+            if self.fill_stale(f) {
+                f.serial.store(0, Ordering::Release);
+            } else {
+                f.wanted.store(1, Ordering::Release);
+                busy = true;
+            }
+        }
+        busy
     }
 
     /// Appends a destroyed segment to the header's ring and bumps destroy_epoch, so

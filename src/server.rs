@@ -961,7 +961,12 @@ impl Server {
             proto::SHMAT => {
                 let me = me.ok_or(Errno(libc::EINVAL))?;
                 let mut g = self.reg.lock();
-                let info = lifecycle::shmat_hold(&mut g, &mut creds, me.0, m.a as u32 as i32, m.b as i32)?;
+                // Only a private namespace's participants zero-fill, so FILL_WAIT
+                // cannot come here; were it to, the client is not kept waiting.
+                let info = lifecycle::shmat_hold(&mut g, &mut creds, me.0, m.a as u32 as i32, m.b as i32).map_err(|e| match e.0 {
+                    lifecycle::FILL_WAIT => Errno(libc::ENOMEM),
+                    _ => e,
+                })?;
                 drop(g);
                 let write = m.b as i32 & 0o222 != 0;
                 let fd = self.held(info.slot, info.serial).ok_or(Errno(libc::EIDRM)).and_then(|fd| self.hand_out(fd, write));

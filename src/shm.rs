@@ -11,14 +11,15 @@ use crate::frags::apply_frags;
 pub use crate::frags::VmChange;
 use crate::process::{self, Attach, Frag, Local, Namespace, LOCAL, PAGE};
 use crate::proto::{self, Msg};
-use crate::registry::{self, make_id, Registry, Slot, View, F_HUGETLB, F_NORESERVE, SHM_DEST};
+use crate::registry::{self, make_id, Registry, Slot, View, F_HUGETLB, F_NORESERVE, LOCK_TIMEOUT, SHM_DEST};
 use crate::sys::{self, Errno, SysResult};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::lifecycle::{
     self, book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_done, shmat_hold, shmctl_locked, shmctl_stat, take_pooled, GetParams, Holder,
-    SegInfo, Sysctl,
+    SegInfo, Sysctl, FILL_WAIT,
 };
 pub use crate::lifecycle::{
     IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_RMID, IPC_SET, IPC_STAT, SHMLBA, SHM_EXEC, SHM_HUGETLB, SHM_INFO, SHM_LOCK, SHM_NORESERVE, SHM_RDONLY, SHM_REMAP,
@@ -210,7 +211,19 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
         return shmat_remote(&mut local, ns, id, addr, fixed, flg, prot, acc);
     }
     local.sweep_fds(&ns.reg);
-    let info = shmat_hold(&mut ns.reg.lock_bounded()?, &mut Creds::current(), me, id, acc)?;
+    let mut creds = Creds::current();
+    let mut waited = None;
+    let info = loop {
+        let held = shmat_hold(&mut ns.reg.lock_bounded()?, &mut creds, me, id, acc);
+        match held {
+            // The segment's only other attacher is zero-filling it (populate_read,
+            // a few milliseconds): it may begin once that is done, as bounded as a
+            // wait for the lock.
+            Err(Errno(FILL_WAIT)) if waited.get_or_insert_with(Instant::now).elapsed() < LOCK_TIMEOUT => std::thread::sleep(Duration::from_micros(100)),
+            Err(Errno(FILL_WAIT)) => return Err(Errno(libc::ENOMEM)),
+            other => break other?,
+        }
+    };
     let res = segment_fd(&mut local, ns, &info, flg & SHM_RDONLY != 0).and_then(|(fd, _keep)| map_segment(fd, &info, addr, fixed, flg, prot));
     match ns.reg.lock_bounded() {
         Ok(mut g) => shmat_done(&mut g, me, info.slot, info.serial, res.is_ok(), pid),
@@ -437,14 +450,19 @@ fn rehint(a: &Attach) {
 /// MADV_POPULATE_READ over a writable part of one attach whose pages do not
 /// exist yet. A SysV mapping faults each page in on its own; a memfd mapping's
 /// read faults also try to map the neighbouring pages already in the file
-/// ("fault-around", which finds only the pages just populated), which makes
-/// populating fresh memory a third slower than the kernel's. Allocating the holes
-/// with fallocate and populating for writing (no fault-around, and no dirtying
-/// per page since fallocate's pages are dirty already) allocates the same pages,
-/// maps them with the same access, at the kernel's cost. Pages that exist are
-/// left to the plain call (fault-around maps them sixteen at a time), and so are
-/// small ranges. None: the caller makes the plain call, which also reports every
-/// error as the kernel does.
+/// ("fault-around"), which on fresh memory finds nothing and makes populating a
+/// third slower than the kernel's. Two ways around it, both allocating the same
+/// pages and mapping them with the same access:
+/// - when this thread is the only one that can write the segment (see
+///   [`zero_fill`]), the holes are written with zeros (pages up to date), so the
+///   read faults map them sixteen at a time: faster than the kernel's own populate;
+/// - otherwise the holes are allocated with fallocate (which never touches a page
+///   that exists) and populated for writing (no fault-around; fallocate's pages
+///   are dirty already), at the kernel's cost.
+///
+/// Pages that exist are left to the plain call (fault-around maps them sixteen at
+/// a time), and so are small ranges. None: the caller makes the plain call, which
+/// also reports every error as the kernel does.
 pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     // Below sixteen pages (one fault-around window) the plain call is as fast.
     if !addr.is_multiple_of(PAGE) || len < 16 * PAGE {
@@ -452,7 +470,7 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     }
     let ns = process::namespace_if_open()?;
     let end = addr.checked_add(len.div_ceil(PAGE) * PAGE)?;
-    let _quiet = sys::block_signals();
+    let quiet = sys::block_signals();
     let mut local = LOCAL.lock();
     let a = local.attaches.iter().find(|a| a.frags.iter().any(|f| f.addr <= addr && addr < f.end()))?;
     let (slot, serial) = (a.slot, a.serial);
@@ -490,12 +508,68 @@ pub fn populate_read(addr: usize, len: usize) -> Option<()> {
     // The allocation may take long: other threads' calls (and signals) are not held
     // up meanwhile, and a descriptor of our own stays valid whatever they close.
     let fd = sys::dup_at_least(fd, 200).ok()?;
+    let fill = zero_fill(&mut local, ns, slot, serial, &ranges);
     drop(local);
-    drop(_quiet);
+    if let Some(k) = fill {
+        // Signals stay blocked: a handler could write a page the zeros are about
+        // to cover. Only holes are written (checked again now that no other
+        // attach can begin), and not beyond the end of the file.
+        // An attach that comes meanwhile waits at most one chunk: the rest is
+        // left to the kernel's populate (the plain call).
+        const CHUNK: u64 = 2 << 20;
+        let size = st.st_size as u64;
+        let mut done = sys::any_resident(addr, end - addr) == Some(false);
+        'fill: for &(off, n) in &ranges {
+            let (mut at, e) = (off as u64, (off as u64 + n as u64).min(size));
+            while at < e && done {
+                if ns.reg.fill_wanted(k, serial) {
+                    done = false;
+                    break 'fill;
+                }
+                let step = (e - at).min(CHUNK);
+                done = sys::pwrite_zeros(fd.as_raw_fd(), at, step).is_ok();
+                at += step;
+            }
+        }
+        ns.reg.fill_end(k, serial);
+        drop(quiet);
+        return (done && sys::madvise(addr, end - addr, libc::MADV_POPULATE_READ)).then_some(());
+    }
+    drop(quiet);
     for (off, n) in ranges {
         sys::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off as u64, n as u64).ok()?;
     }
     sys::madvise(addr, end - addr, libc::MADV_POPULATE_WRITE).then_some(())
+}
+
+/// Claims the zero-fill of `ranges` of segment (slot, serial) for this thread
+/// (`populate_read`), when nothing else can write the segment meanwhile:
+/// - this process has one thread (and the caller keeps signals blocked);
+/// - a private namespace (its participants keep the registry), and every attach
+///   of the segment is one of this process's, all of them booked;
+/// - no other attach may begin until the fill ends (`FillEntry`, checked by
+///   `shmat_hold` under the lock this claim is made under); one that tries makes
+///   the fill stop at its next 2 MiB;
+/// - the writes stay within RLIMIT_FSIZE (beyond it they would raise SIGXFSZ).
+///
+/// Returns the fill entry to end.
+fn zero_fill(local: &mut Local, ns: &Namespace, slot: usize, serial: u64, ranges: &[(usize, usize)]) -> Option<usize> {
+    if !ns.reg.writable || local.unbooked.iter().any(|u| u.1 == serial) {
+        return None;
+    }
+    let top = ranges.iter().map(|&(off, n)| (off + n) as u64).max()?;
+    let fsize = sys::rlimit_fsize();
+    if (fsize != libc::RLIM_INFINITY && fsize < top) || !sys::single_threaded() {
+        return None;
+    }
+    let (me, _) = client::ensure_conn(local, ns).ok()?;
+    let ours: u64 = local.attaches.iter().filter(|a| a.serial == serial).map(|a| a.frags.len() as u64).sum();
+    let mut g = ns.reg.lock_bounded().ok()?;
+    let s = g.reg.slot(slot);
+    if !s.is_used() || s.serial.get() != serial || s.nattch.get() != ours || g.filling(serial) {
+        return None;
+    }
+    g.fill_begin(serial, me)
 }
 
 /// Applies a change to every attach of this process and returns, per segment,

@@ -332,6 +332,47 @@ pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> SysResult<()> {
     retry(|| check(unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } as libc::c_long).map(|_| ()))
 }
 
+/// Writes zeros over `[off, off+len)` of a file with pwritev(2), 4 MiB per call
+/// from one static page of zeros. A shmem file's pages written this way are up
+/// to date, so read faults on them map sixteen at a time. Overwrites whatever is
+/// there: callers make sure nothing else writes the range meanwhile.
+pub fn pwrite_zeros(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    const IOVS: usize = 1024;
+    let iov = [libc::iovec { iov_base: ZEROS.as_ptr() as *mut libc::c_void, iov_len: ZEROS.len() }; IOVS];
+    let end = off.checked_add(len).ok_or(Errno(libc::EINVAL))?;
+    let mut at = off;
+    while at < end {
+        let want = (end - at).min((IOVS * ZEROS.len()) as u64);
+        let (full, rest) = ((want / ZEROS.len() as u64) as usize, (want % ZEROS.len() as u64) as usize);
+        let mut v = iov;
+        let mut n = full;
+        if rest != 0 {
+            v[full.min(IOVS - 1)].iov_len = rest;
+            n += 1;
+        }
+        // SAFETY: every iovec points into ZEROS, static and never written (the
+        // kernel only reads from a write's buffers), with lengths within it.
+        let r = retry(|| check(unsafe { libc::pwritev(fd, v.as_ptr(), n as i32, at as i64) } as libc::c_long))?;
+        if r == 0 {
+            return Err(Errno(libc::EIO));
+        }
+        at += r as u64;
+    }
+    Ok(())
+}
+
+/// Whether this process has one thread: /proc/self/task links its directory, its
+/// parent and one directory per thread. False when it cannot tell.
+pub fn single_threaded() -> bool {
+    // SAFETY: an all-zero stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let path = c"/proc/self/task";
+    // SAFETY: path is NUL-terminated and st a writable stat buffer.
+    let r = unsafe { raw(libc::SYS_newfstatat, &[libc::AT_FDCWD as usize, path.as_ptr() as usize, &mut st as *mut libc::stat as usize, 0]) };
+    r == 0 && st.st_nlink == 3
+}
+
 /// Whether any page of the mapped, page-aligned range `[addr, addr+len)` is
 /// resident (for a shared file mapping: in the file's page cache), by mincore(2)
 /// in chunks. None if mincore fails (a range not wholly mapped).
@@ -887,6 +928,17 @@ pub fn effective_caps() -> u64 {
         return 0;
     }
     data[0].effective as u64 | ((data[1].effective as u64) << 32)
+}
+
+/// The soft RLIMIT_FSIZE (RLIM_INFINITY: none).
+pub fn rlimit_fsize() -> u64 {
+    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: rl is a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut rl) } != 0 {
+        return 0;
+    }
+    rl.rlim_cur
 }
 
 pub fn rlimit_memlock() -> u64 {

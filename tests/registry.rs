@@ -379,3 +379,45 @@ fn readers_without_the_lock_never_wait_for_a_writer() {
     reg.lock().check_invariants().unwrap();
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_fill_holds_attaches_back_until_it_ends_or_its_process_is_gone() {
+    let d = tempdir("fill");
+    let reg = Registry::open_or_create(&d, LIMITS, false).unwrap();
+    let mut g = reg.lock();
+    let a = id_idx(create(&mut g, 21, 64));
+    let serial = g.slot(a).serial.get();
+    let (filler, _) = g.claim_proc(5151, 1).unwrap();
+    let (other, _) = g.claim_proc(5252, 1).unwrap();
+    g.rec_add(filler, a, 1).unwrap();
+    assert!(!g.filling(serial));
+    let k = g.fill_begin(serial, filler).expect("a free fill entry");
+    // Another process's attach may not begin, and the filler learns it is wanted.
+    assert!(!reg.fill_wanted(k, serial));
+    let mut creds = Creds::current();
+    let id = make_id(g.slot(a).seq.get(), a as u32);
+    let held = lifecycle::shmat_hold(&mut g, &mut creds, other, id, 0o600);
+    assert_eq!(held.err().map(|e| e.0), Some(lifecycle::FILL_WAIT));
+    assert!(reg.fill_wanted(k, serial));
+    assert_eq!(g.slot(a).nattch.get(), 1, "a refused attach holds nothing");
+    // Ended: the attach goes ahead.
+    reg.fill_end(k, serial);
+    assert!(!g.filling(serial));
+    assert!(lifecycle::shmat_hold(&mut g, &mut creds, other, id, 0o600).is_ok());
+    // A filler that dies mid-fill: its entry counts as free once the process is gone.
+    let k = g.fill_begin(serial, filler).unwrap();
+    assert!(g.filling(serial));
+    g.reap_proc(filler, 1000);
+    assert!(!g.filling(serial), "the dead filler's entry is freed");
+    // Sixteen fills at once at most; entries of dead processes are reused.
+    let (p, _) = g.claim_proc(5353, 1).unwrap();
+    let ks: Vec<usize> = (0..FILLS).map(|_| g.fill_begin(serial, p).expect("room")).collect();
+    assert!(ks.contains(&k));
+    assert!(g.fill_begin(serial, p).is_none());
+    for k in ks {
+        reg.fill_end(k, serial);
+    }
+    g.check_invariants().unwrap();
+    drop(g);
+    std::fs::remove_dir_all(&d).unwrap();
+}
