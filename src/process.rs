@@ -515,7 +515,7 @@ impl Local {
 /// fault). `st` is its fstat. False if it cannot be sized (a read-only
 /// descriptor of an unsized file: the server sizes what it hands out).
 pub fn sized(fd: RawFd, st: &libc::stat, size: u64) -> bool {
-    st.st_size as u64 >= size || sys::ftruncate(fd, size).is_ok()
+    st.st_size as u64 >= size || sys::set_size(fd, size).is_ok()
 }
 
 /// Reopens a descriptor through /proc/self/fd with other access flags: a read-only

@@ -524,7 +524,7 @@ impl Registry {
     /// Writes a new registry's header into `fd` (a file nobody else has opened yet)
     /// and allocates the header and the key index.
     fn build(fd: &OwnedFd, limits: Limits, shared: bool) -> SysResult<()> {
-        sys::ftruncate(fd.as_raw_fd(), FILE_SIZE as u64)?;
+        sys::set_size(fd.as_raw_fd(), FILE_SIZE as u64)?;
         sys::fallocate(fd.as_raw_fd(), 0, 0, HEADER_SIZE as u64)?;
         sys::fallocate(fd.as_raw_fd(), 0, INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;
         sys::fallocate(fd.as_raw_fd(), 0, PUB_INDEX_OFF as u64, (INDEX_SIZE * 4) as u64)?;

@@ -264,6 +264,7 @@ fn fail(msg: String) -> i32 {
 
 /// Runs a server for `opts.dir`; returns the exit code.
 pub fn serve(opts: Options) -> i32 {
+    sys::lift_fsize_for_server();
     if let Err(m) = prepare_dir(&opts.dir, opts.shared) {
         return fail(m);
     }
@@ -853,7 +854,7 @@ impl Server {
         }
         let flags = (flags & (libc::MFD_HUGETLB | (0x3f << 26))) | libc::MFD_CLOEXEC;
         let fd = sys::memfd_create(c"SYSV", flags).map_err(|e| Errno(if matches!(e.0, libc::EMFILE | libc::ENFILE) { libc::ENFILE } else { libc::ENOMEM }))?;
-        sys::ftruncate(fd.as_raw_fd(), len).map_err(|_| Errno(libc::ENOMEM))?;
+        sys::set_size(fd.as_raw_fd(), len).map_err(|_| Errno(libc::ENOMEM))?;
         let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
         Ok((fd, ino))
     }

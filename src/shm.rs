@@ -111,7 +111,10 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             r => r?,
         };
         if let Some((fd, server_fd, ino)) = made.take() {
-            sys::ftruncate(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
+            // The server sized it (past its RLIMIT_FSIZE it failed the MAKE).
+            if sys::fstat(fd.as_raw_fd())?.st_size < plan.file_len as i64 {
+                sys::set_size(fd.as_raw_fd(), plan.file_len).map_err(|_| Errno(libc::ENOMEM))?;
+            }
             let gen = local.conn.as_ref().map(|c| c.server_gen).unwrap_or(0);
             let (id, idx, serial) = newseg_publish(&mut g, creds, p, &plan, ino, Holder::Server { fd: server_fd, gen })?;
             drop(g);
@@ -122,7 +125,9 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             return Ok(id);
         }
         let gen_ok = local.conn.as_ref().map(|c| c.server_gen) == Some(g.hdr().server_gen.get());
-        let pooled = if plan.hugetlb || !gen_ok { None } else { take_pooled(g.reg) };
+        // A pooled memfd is sized by its first mapping, in the process that maps
+        // it: past this process's RLIMIT_FSIZE the server sizes it (MAKE).
+        let pooled = if plan.hugetlb || !gen_ok || !sys::may_size(plan.file_len) { None } else { take_pooled(g.reg) };
         {
             if let Some((ino, claim)) = pooled {
                 let h = g.hdr();
@@ -558,7 +563,7 @@ fn zero_fill(local: &mut Local, ns: &Namespace, slot: usize, serial: u64, ranges
         return None;
     }
     let top = ranges.iter().map(|&(off, n)| (off + n) as u64).max()?;
-    let fsize = sys::rlimit_fsize();
+    let (fsize, _) = sys::rlimit_fsize();
     if (fsize != libc::RLIM_INFINITY && fsize < top) || !sys::single_threaded() {
         return None;
     }

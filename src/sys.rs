@@ -86,6 +86,7 @@ pub fn errno_name(e: i32) -> &'static str {
         libc::EINVAL => "EINVAL",
         libc::ENFILE => "ENFILE",
         libc::EMFILE => "EMFILE",
+        libc::EFBIG => "EFBIG",
         libc::ENOSPC => "ENOSPC",
         libc::ENOSYS => "ENOSYS",
         libc::EIDRM => "EIDRM",
@@ -930,15 +931,58 @@ pub fn effective_caps() -> u64 {
     data[0].effective as u64 | ((data[1].effective as u64) << 32)
 }
 
-/// The soft RLIMIT_FSIZE (RLIM_INFINITY: none).
-pub fn rlimit_fsize() -> u64 {
+/// (soft, hard) RLIMIT_FSIZE (RLIM_INFINITY: none); (0, 0) if unknown.
+pub fn rlimit_fsize() -> (u64, u64) {
     // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: rl is a writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut rl) } != 0 {
-        return 0;
+        return (0, 0);
     }
-    rl.rlim_cur
+    (rl.rlim_cur, rl.rlim_max)
+}
+
+fn set_rlimit_fsize(soft: u64, hard: u64) -> SysResult<()> {
+    let rl = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: rl is a valid rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &rl) } as libc::c_long).map(|_| ())
+}
+
+/// Whether a file of `len` bytes is within `limit` (an RLIMIT_FSIZE value).
+fn within(limit: u64, len: u64) -> bool {
+    limit == libc::RLIM_INFINITY || limit >= len
+}
+
+/// Whether this process may give a file `len` bytes (`set_size`).
+pub fn may_size(len: u64) -> bool {
+    within(rlimit_fsize().1, len)
+}
+
+/// Gives a memory file (memfd, registry) its size. RLIMIT_FSIZE limits files a
+/// process writes, not the kernel's SysV segments, and past it ftruncate raises
+/// SIGXFSZ, which kills a program by default: the soft limit is lifted to the hard
+/// one for the call, and past the hard one nothing is tried (EFBIG, no signal).
+pub fn set_size(fd: RawFd, len: u64) -> SysResult<()> {
+    let (soft, hard) = rlimit_fsize();
+    if within(soft, len) {
+        return ftruncate(fd, len);
+    }
+    if !within(hard, len) || set_rlimit_fsize(hard, hard).is_err() {
+        return Err(Errno(libc::EFBIG));
+    }
+    let r = ftruncate(fd, len);
+    let _ = set_rlimit_fsize(soft, hard);
+    r
+}
+
+/// Lifts the soft RLIMIT_FSIZE to the hard one and ignores SIGXFSZ, for the
+/// server: it sizes memfds for processes whose own limit is lower, and a size past
+/// its hard limit must fail the request, not end the server.
+pub fn lift_fsize_for_server() {
+    let (_, hard) = rlimit_fsize();
+    let _ = set_rlimit_fsize(hard, hard);
+    // SAFETY: SIG_IGN for SIGXFSZ installs no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
 pub fn rlimit_memlock() -> u64 {
