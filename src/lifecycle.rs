@@ -6,9 +6,10 @@
 //! dispatching to one function per command. Each step takes the registry guard
 //! and the acting process's credentials, so the same code runs in a participant
 //! of a private namespace and in the server of a shared one, on a client's behalf.
-//! Nothing here makes a system call on a segment or talks to the server (but for
-//! the non-blocking wake-up `process::wake_server` when a big or huge-page segment
-//! is destroyed): that is `shm` (the calls) and `client` (the connection), both
+//! Nothing here makes a system call on a segment or talks to the server (a big or
+//! huge-page segment's destruction only asks the caller's next descriptor sweep to
+//! see its memory released, `process::release_soon`): that is `shm` (the calls) and
+//! `client` (the connection), both
 //! above this layer. Errors name the docs/SEMANTICS.md item they implement where
 //! there is one.
 
@@ -84,10 +85,12 @@ pub fn shm_destroy(g: &mut RegGuard, slot: usize) {
     h.shm_tot.sub(s.pages.get());
     g.recompute_max_idx();
     g.record_destroyed(serial);
-    if s.map_len.get() >= BIG_SEGMENT || s.flags.get() & F_HUGETLB != 0 {
+    // A segment never attached has no memory (its atime is still 0).
+    if s.atime.get() != 0 && (s.map_len.get() >= BIG_SEGMENT || s.flags.get() & F_HUGETLB != 0) {
         // Its memory is worth a wake-up of the server, which closes the memfd at
-        // once (it also notices every destruction by itself within milliseconds).
-        process::wake_server();
+        // once, unless the caller's descriptor sweep empties it first (the server
+        // also notices every destruction by itself within milliseconds).
+        process::release_soon();
     }
 }
 

@@ -8,7 +8,7 @@ use crate::registry::Registry;
 use crate::sys::{self, Errno, SysResult};
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 pub use crate::sys::PAGE;
@@ -485,6 +485,23 @@ impl Local {
     pub fn sweep_fds(&mut self, reg: &Registry) {
         let h = reg.header();
         let epoch = h.destroy_epoch.atomic().load(Ordering::Acquire);
+        let from = self.epoch;
+        self.sweep_destroyed(reg, epoch);
+        // Memory that emptying did not free is the server's to release: wake it,
+        // unless every destruction swept was emptied (by us or another process).
+        if RELEASE_PENDING.swap(false, Ordering::AcqRel) {
+            let emptied = |e: u64| {
+                let i = e as usize % crate::registry::DESTROYED_RING;
+                h.emptied[i].atomic().load(Ordering::Acquire) == h.destroyed[i].atomic().load(Ordering::Acquire)
+            };
+            if epoch.wrapping_sub(from) > crate::registry::DESTROYED_RING as u64 || !(from..epoch).all(emptied) {
+                wake_server();
+            }
+        }
+    }
+
+    fn sweep_destroyed(&mut self, reg: &Registry, epoch: u64) {
+        let h = reg.header();
         if epoch == self.epoch {
             return;
         }
@@ -558,6 +575,17 @@ pub fn notify(m: &crate::proto::Msg) {
     if fd >= 0 && matches!(sys::fstat(fd), Ok(st) if st.st_ino == ino) {
         let _ = sys::send_with_fds(fd, &m.bytes(), &[], libc::MSG_DONTWAIT);
     }
+}
+
+/// Set when this process destroyed a segment whose memory is worth a wake-up of
+/// the server (1 MiB or more, or huge pages), until its next descriptor sweep.
+static RELEASE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// A segment worth a wake-up of the server was destroyed: its memory is released
+/// at this process's next descriptor sweep (which follows every call that destroys),
+/// by emptying the memfd if this process holds it, else by waking the server.
+pub fn release_soon() {
+    RELEASE_PENDING.store(true, Ordering::Release);
 }
 
 /// Wakes the server: a removed segment's memory is to be released now.

@@ -57,6 +57,12 @@ use std::time::{Duration, Instant};
 
 /// How long an automatically started server of an empty namespace stays.
 pub const LINGER: Duration = Duration::from_millis(300);
+/// How often the main thread looks at the pool and the destructions while the
+/// namespace is busy. Anything urgent comes as a message (REFILL when a quarter of
+/// the pool is gone, a wake-up when a segment of 1 MiB or more goes); every poll
+/// is a wake-up on a CPU a participant may be using.
+const ACTIVE_POLL_MS: i32 = 5;
+
 /// Descriptors kept free for connections and replies: a MAKE that would eat into
 /// them fails with ENFILE at the shmget that asked.
 const FD_RESERVE: usize = 64;
@@ -111,30 +117,22 @@ impl Background {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Polls the pool every millisecond while creators take from it (and 20 ms
-    /// after), and sleeps until woken while they do not; a creator that finds the
-    /// pool a quarter empty wakes it at once. (A shorter period costs the CPUs the
-    /// creators run on a wake-up each time, for no gain: a full pool lasts a
-    /// creator in a tight loop about a millisecond.)
+    /// Sleeps until the main thread kicks it (it has seen entries taken, or a
+    /// creator found the pool a quarter empty), then makes one pass. It never
+    /// polls on its own: a wake-up lands on a CPU a creator is using.
     fn run(&self) {
-        const POLLS: u32 = 20;
-        let mut busy = POLLS;
         loop {
             {
                 let mut st = self.lock();
-                if busy > 0 {
-                    drop(self.wake.wait_timeout(st, Duration::from_millis(1)).unwrap_or_else(|e| e.into_inner()));
-                } else {
-                    while !st.kick {
-                        st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
-                    }
-                    st.kick = false;
+                while !st.kick {
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
+                st.kick = false;
             }
             if !self.reg.intact() {
                 return; // the main thread stops too (see `Server::frozen`)
             }
-            busy = if self.refill() { POLLS } else { busy.saturating_sub(1) };
+            self.refill();
         }
     }
 
@@ -486,7 +484,7 @@ impl Server {
         loop {
             let quiet = last_change.elapsed();
             let timeout = if quiet < Duration::from_millis(200) {
-                1
+                ACTIVE_POLL_MS
             } else if quiet < Duration::from_secs(2) {
                 20
             } else {
@@ -1123,8 +1121,14 @@ impl Server {
             return;
         }
         let h = self.reg.header();
-        h.refill_asked.set(0);
+        let asked = h.refill_asked.atomic().swap(0, Ordering::AcqRel) != 0;
         self.take_made();
+        // The thread is woken when a quarter of the pool is gone (or a creator
+        // asked), not at every creation: each wake-up takes a CPU from a creator.
+        let left = h.pool_filled.get().saturating_sub(h.pool_taken.get());
+        if !asked && left >= (crate::registry::POOL_SIZE * 3 / 4) as u64 {
+            return;
+        }
         // The descriptors left after those kept for connections and replies,
         // less a pool's worth the thread may have made since it was counted.
         let want = self.fd_limit.saturating_sub(self.fds.len() + self.made.len() + self.conns.len() + FD_RESERVE + crate::registry::POOL_SIZE);
