@@ -643,10 +643,15 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
             local.conn =
                 Some(Conn { sock: c.sock, ep: p.ep, death: p.death, server_gen: p.server_gen, server_pid: p.server_pid, server_pidfd: p.server_pidfd });
             local.me = Some(c.me);
-            if let Some(g) = ns.reg.lock_if_writable() {
-                let e = g.proc_entry(c.me.0);
-                if e.gen.get() == c.me.1 {
-                    e.pid.set(pid);
+            // The parent names us too, after its fork returns: whichever comes
+            // second finds it done and takes no lock.
+            let e = ns.reg.proc_entry(c.me.0);
+            if !(e.gen.get() == c.me.1 && e.pid.get() == pid) {
+                if let Some(g) = ns.reg.lock_if_writable() {
+                    let e = g.proc_entry(c.me.0);
+                    if e.gen.get() == c.me.1 {
+                        e.pid.set(pid);
+                    }
                 }
             }
         }
@@ -668,6 +673,11 @@ pub fn in_child(local: &mut Local, ns: &Namespace, child: Option<Child>) {
 /// failed, the registration is undone: our end of its connection closes).
 pub fn after_fork(ns: &Namespace, child: Option<Child>, pid: i32) {
     let Some(c) = child else { return };
+    let e = ns.reg.proc_entry(c.me.0);
+    if pid > 0 && e.gen.get() == c.me.1 && e.pid.get() == pid {
+        drop(c.sock); // the child named itself already
+        return;
+    }
     if let Some(mut g) = ns.reg.lock_if_writable() {
         if pid > 0 {
             let e = g.proc_entry(c.me.0);

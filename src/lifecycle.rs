@@ -634,12 +634,21 @@ pub fn shmctl_locked(
     rss: &dyn Fn(&Slot) -> u64,
 ) -> SysResult<(i32, Option<CopyOut>)> {
     match cmd {
-        IPC_INFO => Ok(shmctl_ipc_info(g.live())),
-        SHM_INFO => Ok(shmctl_shm_info(g.live(), rss)),
-        IPC_STAT | SHM_STAT | SHM_STAT_ANY => shmctl_stat(g.live(), creds, id, cmd),
+        IPC_INFO | SHM_INFO | IPC_STAT | SHM_STAT | SHM_STAT_ANY => shmctl_read(g.live(), creds, id, cmd, rss),
         IPC_SET => shmctl_set(g, creds, id, setbuf),
         IPC_RMID => shmctl_rmid(g, creds, id),
         SHM_LOCK | SHM_UNLOCK => shmctl_lock(g, creds, id, cmd),
+        _ => einval(), // S78
+    }
+}
+
+/// The commands that only read (IPC_INFO, SHM_INFO and the stat commands), on a
+/// view: the published copy, without the lock, or the live tables under it.
+pub fn shmctl_read(g: View, creds: &mut Creds, id: i32, cmd: i32, rss: &dyn Fn(&Slot) -> u64) -> SysResult<(i32, Option<CopyOut>)> {
+    match cmd {
+        IPC_INFO => Ok(shmctl_ipc_info(g)),
+        SHM_INFO => Ok(shmctl_shm_info(g, rss)),
+        IPC_STAT | SHM_STAT | SHM_STAT_ANY => shmctl_stat(g, creds, id, cmd),
         _ => einval(), // S78
     }
 }

@@ -18,8 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::{
-    self, book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_done, shmat_hold, shmctl_locked, shmctl_stat, take_pooled, GetParams, Holder,
-    SegInfo, Sysctl, FILL_WAIT,
+    self, book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_done, shmat_hold, shmctl_locked, take_pooled, GetParams, Holder, SegInfo, Sysctl,
+    FILL_WAIT,
 };
 pub use crate::lifecycle::{
     IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_RMID, IPC_SET, IPC_STAT, SHMLBA, SHM_EXEC, SHM_HUGETLB, SHM_INFO, SHM_LOCK, SHM_NORESERVE, SHM_RDONLY, SHM_REMAP,
@@ -742,22 +742,35 @@ fn join_neighbour(frags: &mut [Frag], new: &Frag) -> bool {
 
 /// Resident pages of a segment (SHM_INFO shm_rss): the memfd's allocated blocks,
 /// through our cached descriptor or the server's.
-fn resident_pages(reg: &Registry, s: &Slot, local: Option<&Local>) -> u64 {
+fn resident_pages(reg: &Registry, s: &Slot, local: Option<&Local>, server_fds: &ServerFds) -> u64 {
+    if s.atime.get() == 0 {
+        return 0; // never attached: no page was ever touched
+    }
     let serial = s.serial.get();
     if let Some(st) = local.and_then(|l| l.fds.get(&serial)).and_then(|c| sys::fstat(c.rw).ok()).filter(|st| st.st_ino == s.ino.get()) {
         return st.st_blocks as u64 * 512 / PAGE as u64;
     }
     let h = reg.header();
-    let spid = h.server_pid.get();
-    if let (true, Some(fd)) = (spid > 0, s.server_fd_of(h.server_gen.get(), serial)) {
-        if let Ok(md) = std::fs::metadata(format!("/proc/{spid}/fd/{fd}")) {
-            use std::os::unix::fs::MetadataExt;
-            if md.ino() == s.ino.get() {
-                return md.blocks() * 512 / PAGE as u64;
-            }
-        }
+    match s.server_fd_of(h.server_gen.get(), serial).and_then(|fd| server_fds.stat(h.server_pid.get(), fd)) {
+        Some(st) if st.st_ino == s.ino.get() => st.st_blocks as u64 * 512 / PAGE as u64,
+        _ => 0,
     }
-    0
+}
+
+/// The server's /proc/PID/fd directory, opened at its first use by one call
+/// (SHM_INFO, a listing) and closed with it: one open per call, then one fstatat
+/// per segment instead of a path lookup each.
+#[derive(Default)]
+struct ServerFds(std::cell::OnceCell<Option<OwnedFd>>);
+
+impl ServerFds {
+    fn stat(&self, spid: i32, fd: i32) -> Option<libc::stat> {
+        if spid <= 0 {
+            return None;
+        }
+        let dir = self.0.get_or_init(|| sys::open(&sys::cstr(std::path::Path::new(&format!("/proc/{spid}/fd"))), libc::O_RDONLY | libc::O_DIRECTORY, 0).ok());
+        sys::fstatat_number(dir.as_ref()?.as_raw_fd(), fd).ok()
+    }
 }
 
 /// shmctl(2) (S77–S111).
@@ -778,11 +791,18 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
     // (Without a system call when this process is synced: deaths are applied
     // as `client::synced` describes.)
     client::sync(ns)?;
-    // The stat commands read what the registry publishes, without the lock
-    // (whoever holds it meanwhile).
-    let stat = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY);
+    // The commands that only read use what the registry publishes, without the
+    // lock (whoever holds it meanwhile). SHM_INFO's resident pages come from the
+    // memfds, which a shared namespace's client cannot see: its server answers.
+    let stat = matches!(cmd, IPC_STAT | SHM_STAT | SHM_STAT_ANY | IPC_INFO) || (cmd == SHM_INFO && ns.reg.writable);
     if stat {
-        if let Ok(r) = ns.reg.read(|r| shmctl_stat(r, &mut Creds::current(), id, cmd)) {
+        // SHM_INFO allocates (the server's fd directory's path) and takes the
+        // process lock: signals are blocked for it as for the changing commands.
+        let _quiet = (cmd == SHM_INFO).then(sys::block_signals);
+        let local = (cmd == SHM_INFO).then(|| LOCAL.lock());
+        let server_fds = ServerFds::default();
+        let rss = |s: &Slot| resident_pages(&ns.reg, s, local.as_deref(), &server_fds);
+        if let Ok(r) = ns.reg.read(|r| lifecycle::shmctl_read(r, &mut Creds::current(), id, cmd, &rss)) {
             let (ret, out) = r?;
             if let Some((bytes, len)) = out {
                 sys::copy_to_user(buf, &bytes[..len])?;
@@ -798,7 +818,8 @@ pub fn shmctl(id: i32, cmd: i32, buf: usize) -> SysResult<i32> {
         // destroys are dropped before it returns.
         let mut local = LOCAL.lock();
         let mut g = ns.reg.lock_bounded()?;
-        let r = shmctl_locked(&mut g, &mut Creds::current(), id, cmd, &setbuf, &|s| resident_pages(&ns.reg, s, Some(&local)));
+        let server_fds = ServerFds::default();
+        let r = shmctl_locked(&mut g, &mut Creds::current(), id, cmd, &setbuf, &|s| resident_pages(&ns.reg, s, Some(&local), &server_fds));
         drop(g);
         if !reads {
             // Outside the registry lock: closing the last descriptor of a big
@@ -883,6 +904,7 @@ pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
     let _ = client::sync(ns);
     let local = LOCAL.try_lock();
     let reg = &ns.reg;
+    let server_fds = ServerFds::default();
     let snapshot = |v: View| {
         (0..=v.max_idx().max(-1))
             .map(|i| i as usize)
@@ -904,7 +926,7 @@ pub fn list_segments(ns: &Namespace) -> Vec<SegStat> {
                     cpid: s.cpid.get(),
                     lpid: s.lpid.get(),
                     nattch: s.nattch.get(),
-                    rss_pages: resident_pages(v.registry(), s, local.as_deref()),
+                    rss_pages: resident_pages(v.registry(), s, local.as_deref(), &server_fds),
                 }
             })
             .collect::<Vec<_>>()

@@ -363,6 +363,31 @@ pub fn pwrite_zeros(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
     Ok(())
 }
 
+/// fstatat(2) of the entry named by a number in a directory (`/proc/PID/fd/N`),
+/// following it: no path is formatted or allocated.
+pub fn fstatat_number(dir: RawFd, n: i32) -> SysResult<libc::stat> {
+    let mut name = [0u8; 12];
+    let mut digits = [0u8; 10];
+    let (mut v, mut k) = (n.max(0) as u32, 0);
+    loop {
+        digits[k] = b'0' + (v % 10) as u8;
+        k += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..k].iter().rev().enumerate() {
+        name[i] = *d;
+    }
+    // SAFETY: an all-zero stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: name is NUL-terminated (at most 10 digits in 12 zeroed bytes) and st
+    // a writable stat buffer.
+    check(unsafe { raw(libc::SYS_newfstatat, &[dir as usize, name.as_ptr() as usize, &mut st as *mut libc::stat as usize, 0]) })?;
+    Ok(st)
+}
+
 /// Whether this process has one thread: /proc/self/task links its directory, its
 /// parent and one directory per thread. False when it cannot tell.
 pub fn single_threaded() -> bool {
