@@ -333,28 +333,34 @@ pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> SysResult<()> {
     retry(|| check(unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } as libc::c_long).map(|_| ()))
 }
 
-/// Writes zeros over `[off, off+len)` of a file with pwritev(2), 4 MiB per call
-/// from one static page of zeros. A shmem file's pages written this way are up
-/// to date, so read faults on them map sixteen at a time. Overwrites whatever is
-/// there: callers make sure nothing else writes the range meanwhile.
+/// One page of zeros, and 256 iovecs naming it: static, so a fill touches no
+/// stack or heap page (after a fork every such page would fault to be copied).
+static ZEROS: [u8; 4096] = [0; 4096];
+const ZERO_IOVS: usize = 256;
+struct ZeroIovs([libc::iovec; ZERO_IOVS]);
+// SAFETY: the iovecs point at ZEROS, immutable for the life of the program; they are
+// only ever read (by the kernel, for writes).
+unsafe impl Sync for ZeroIovs {}
+static ZERO_IOV: ZeroIovs = ZeroIovs([libc::iovec { iov_base: ZEROS.as_ptr() as *mut libc::c_void, iov_len: ZEROS.len() }; ZERO_IOVS]);
+
+/// Writes zeros over `[off, off+len)` of a file with pwritev(2), 1 MiB per call. A
+/// shmem file's pages written this way are up to date, so read faults on them map
+/// sixteen at a time. Overwrites whatever is there: callers make sure nothing else
+/// writes the range meanwhile.
 pub fn pwrite_zeros(fd: RawFd, off: u64, len: u64) -> SysResult<()> {
-    static ZEROS: [u8; 4096] = [0; 4096];
-    const IOVS: usize = 1024;
-    let iov = [libc::iovec { iov_base: ZEROS.as_ptr() as *mut libc::c_void, iov_len: ZEROS.len() }; IOVS];
+    let page = ZEROS.len() as u64;
     let end = off.checked_add(len).ok_or(Errno(libc::EINVAL))?;
     let mut at = off;
     while at < end {
-        let want = (end - at).min((IOVS * ZEROS.len()) as u64);
-        let (full, rest) = ((want / ZEROS.len() as u64) as usize, (want % ZEROS.len() as u64) as usize);
-        let mut v = iov;
-        let mut n = full;
-        if rest != 0 {
-            v[full.min(IOVS - 1)].iov_len = rest;
-            n += 1;
-        }
-        // SAFETY: every iovec points into ZEROS, static and never written (the
-        // kernel only reads from a write's buffers), with lengths within it.
-        let r = retry(|| check(unsafe { libc::pwritev(fd, v.as_ptr(), n as i32, at as i64) } as libc::c_long))?;
+        let pages = ((end - at) / page).min(ZERO_IOVS as u64) as i32;
+        let r = if pages > 0 {
+            // SAFETY: the iovecs point into ZEROS with its length; the kernel only
+            // reads them.
+            retry(|| check(unsafe { libc::pwritev(fd, ZERO_IOV.0.as_ptr(), pages, at as i64) } as libc::c_long))?
+        } else {
+            // SAFETY: ZEROS is readable for the (less than a page) length given.
+            retry(|| check(unsafe { libc::pwrite(fd, ZEROS.as_ptr() as *const libc::c_void, (end - at) as usize, at as i64) } as libc::c_long))?
+        };
         if r == 0 {
             return Err(Errno(libc::EIO));
         }
