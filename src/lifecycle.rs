@@ -84,7 +84,9 @@ pub fn shm_destroy(g: &mut RegGuard, slot: usize) {
     h.in_use.sub(1);
     h.shm_tot.sub(s.pages.get());
     g.recompute_max_idx();
-    g.record_destroyed(serial);
+    // Never attached (atime 0): it never had a page, so no wait (for the
+    // server's close) has anything to wait for.
+    g.record_destroyed(serial, s.atime.get() == 0);
     // A segment never attached has no memory (its atime is still 0).
     if s.atime.get() != 0 && (s.map_len.get() >= BIG_SEGMENT || s.flags.get() & F_HUGETLB != 0) {
         // Its memory is worth a wake-up of the server, which closes the memfd at

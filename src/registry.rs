@@ -1522,7 +1522,7 @@ impl<'a> RegGuard<'a> {
             let s = self.slot(i);
             if s.is_used() && s.mode.get() & SHM_DEST != 0 && s.nattch.get() == 0 {
                 s.state.set(SLOT_FREE);
-                self.record_destroyed(s.serial.get());
+                self.record_destroyed(s.serial.get(), false);
             }
         }
         for i in 0..INDEX_SIZE {
@@ -1620,10 +1620,16 @@ impl<'a> RegGuard<'a> {
 
     /// Appends a destroyed segment to the header's ring and bumps destroy_epoch, so
     /// processes and the server drop their descriptors of it.
-    pub fn record_destroyed(&mut self, serial: u64) {
+    ///
+    /// `memoryless`: the segment never had a page (it was never attached), so its
+    /// memory counts as released at once (`emptied`), with nothing to wait for.
+    pub fn record_destroyed(&mut self, serial: u64, memoryless: bool) {
         let h = self.hdr();
         let e = h.destroy_epoch.atomic().load(Ordering::Acquire);
         h.destroyed[e as usize % DESTROYED_RING].atomic().store(serial, Ordering::Release);
+        if memoryless {
+            h.emptied[e as usize % DESTROYED_RING].atomic().store(serial, Ordering::Release);
+        }
         h.destroy_epoch.atomic().store(e + 1, Ordering::Release);
     }
 
