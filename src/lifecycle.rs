@@ -84,11 +84,11 @@ pub fn shm_destroy(g: &mut RegGuard, slot: usize) {
     h.in_use.sub(1);
     h.shm_tot.sub(s.pages.get());
     g.recompute_max_idx();
-    // Never attached (atime 0): it never had a page, so no wait (for the
-    // server's close) has anything to wait for.
-    g.record_destroyed(serial, s.atime.get() == 0);
-    // A segment never attached has no memory (its atime is still 0).
-    if s.atime.get() != 0 && (s.map_len.get() >= BIG_SEGMENT || s.flags.get() & F_HUGETLB != 0) {
+    // A segment never attached (atime still 0) never had a page: no wait has
+    // anything to wait for, and nothing is worth a wake-up.
+    let attached = s.atime.get() != 0;
+    g.record_destroyed(serial, !attached);
+    if attached && (s.map_len.get() >= BIG_SEGMENT || s.flags.get() & F_HUGETLB != 0) {
         // Its memory is worth a wake-up of the server, which closes the memfd at
         // once, unless the caller's descriptor sweep empties it first (the server
         // also notices every destruction by itself within milliseconds).

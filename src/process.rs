@@ -483,20 +483,13 @@ impl Local {
     /// the registry lock (closing the last descriptor of a big segment frees its
     /// pages, which must not hold up other processes).
     pub fn sweep_fds(&mut self, reg: &Registry) {
-        let h = reg.header();
-        let epoch = h.destroy_epoch.atomic().load(Ordering::Acquire);
+        let epoch = reg.header().destroy_epoch.atomic().load(Ordering::Acquire);
         let from = self.epoch;
         self.sweep_destroyed(reg, epoch);
         // Memory that emptying did not free is the server's to release: wake it,
         // unless every destruction swept was emptied (by us or another process).
-        if RELEASE_PENDING.swap(false, Ordering::AcqRel) {
-            let emptied = |e: u64| {
-                let i = e as usize % crate::registry::DESTROYED_RING;
-                h.emptied[i].atomic().load(Ordering::Acquire) == h.destroyed[i].atomic().load(Ordering::Acquire)
-            };
-            if epoch.wrapping_sub(from) > crate::registry::DESTROYED_RING as u64 || !(from..epoch).all(emptied) {
-                wake_server();
-            }
+        if RELEASE_PENDING.swap(false, Ordering::AcqRel) && !reg.emptied_between(from, epoch) {
+            wake_server();
         }
     }
 

@@ -465,7 +465,13 @@ impl Registry {
     /// that was emptied by a process that held its memfd.
     pub fn all_released(&self) -> bool {
         let h = self.header();
-        let (from, to) = (h.released_epoch.atomic().load(Ordering::Acquire), h.destroy_epoch.atomic().load(Ordering::Acquire));
+        self.emptied_between(h.released_epoch.atomic().load(Ordering::Acquire), h.destroy_epoch.atomic().load(Ordering::Acquire))
+    }
+
+    /// Whether every destruction numbered `from..to` is marked emptied (its memory
+    /// free whoever holds a descriptor); false when the ring no longer holds them all.
+    pub fn emptied_between(&self, from: u64, to: u64) -> bool {
+        let h = self.header();
         if to.wrapping_sub(from) > DESTROYED_RING as u64 {
             return false;
         }
@@ -1603,10 +1609,10 @@ impl<'a> RegGuard<'a> {
     /// Whether a live process is zero-filling segment `serial` (entries of
     /// processes that are gone are freed on the way).
     pub fn filling(&mut self, serial: u64) -> bool {
-        let mut busy = false;
         if serial == 0 {
             return false;
         }
+        let mut busy = false;
         for f in self.hdr().fills.iter().filter(|f| f.serial.load(Ordering::Acquire) == serial) {
             if self.fill_stale(f) {
                 f.serial.store(0, Ordering::Release);

@@ -117,8 +117,8 @@ impl Background {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sleeps until the main thread kicks it (it has seen entries taken, or a
-    /// creator found the pool a quarter empty), then makes one pass. It never
+    /// Sleeps until the main thread kicks it (a quarter of the pool is gone, or a
+    /// creator asked for a refill), then makes one pass. It never
     /// polls on its own: a wake-up lands on a CPU a creator is using.
     fn run(&self) {
         loop {

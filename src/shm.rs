@@ -563,8 +563,7 @@ fn zero_fill(local: &mut Local, ns: &Namespace, slot: usize, serial: u64, ranges
         return None;
     }
     let top = ranges.iter().map(|&(off, n)| (off + n) as u64).max()?;
-    let (fsize, _) = sys::rlimit_fsize();
-    if (fsize != libc::RLIM_INFINITY && fsize < top) || !sys::single_threaded() {
+    if !sys::may_write(top) || !sys::single_threaded() {
         return None;
     }
     let (me, _) = client::ensure_conn(local, ns).ok()?;

@@ -989,6 +989,12 @@ pub fn may_size(len: u64) -> bool {
     within(rlimit_fsize().1, len)
 }
 
+/// Whether this process may write a file up to `len` bytes as it stands (its soft
+/// limit: past it a write raises SIGXFSZ).
+pub fn may_write(len: u64) -> bool {
+    within(rlimit_fsize().0, len)
+}
+
 /// Gives a memory file (memfd, registry) its size. RLIMIT_FSIZE limits files a
 /// process writes, not the kernel's SysV segments, and past it ftruncate raises
 /// SIGXFSZ, which kills a program by default: the soft limit is lifted to the hard
