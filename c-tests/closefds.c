@@ -41,12 +41,36 @@ int main(void)
     int id2 = T("S22", shmget(IPC_PRIVATE, PAGE, 0600));
     char *r = A("S51", shmat(id2, NULL, 0), NULL);
     print_nattch("S51", "new segment attached", id2);
+
+    /* a regular file of the program's at every high number (mappable, unlike
+     * /dev/null, and read at an offset of its own): attaches still map the
+     * segments' memory */
+    r[0] = 'r';
+    char path[] = "/tmp/closefds.XXXXXX";
+    int f = T("setup", mkstemp(path));
+    unlink(path);
+    static char buf[4 * PAGE];
+    memset(buf, 'F', sizeof buf);
+    T("setup", (int)write(f, buf, sizeof buf));
+    T("setup", (int)lseek(f, PAGE, SEEK_SET));
+    for (int fd = 200; fd < 1024; fd++)
+        dup2(f, fd);
+    close(f);
+    char *s1 = A("S51", shmat(id, NULL, 0), NULL);
+    char *s2 = A("S51", shmat(id2, NULL, 0), NULL);
+    char *s3 = A("S53", shmat(id2, NULL, SHM_RDONLY), NULL);
+    if (s1 == FAILED || s2 == FAILED || s3 == FAILED) return 1;
+    out("S52 after dup2 of a file over high numbers: %c %c %c", s1[0], s2[0], s3[0]);
+    print_nattch("S51", "after dup2 of a file", id2);
+    T("S69", shmdt(s3));
+    T("S69", shmdt(s2));
+    T("S69", shmdt(s1));
+    for (int fd = 200; fd < 1024; fd++)
+        close(fd);
     T("S69", shmdt(r));
     T("S69", shmdt(q));
     T("S69", shmdt(p));
     print_nattch("S69", "all detached", id);
-    for (int fd = 200; fd < 260; fd++)
-        close(fd);
     T("cleanup", shmctl(id, IPC_RMID, NULL));
     T("cleanup", shmctl(id2, IPC_RMID, NULL));
     return 0;

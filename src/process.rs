@@ -14,12 +14,17 @@ use std::sync::OnceLock;
 pub use crate::sys::PAGE;
 
 /// Cached segment descriptors kept below the soft RLIMIT_NOFILE, where they use
-/// the program's own budget of descriptors.
-pub const FD_CACHE: usize = 32;
+/// the program's own budget of descriptors: a sixteenth of the soft limit (an
+/// eighth of a small one), at most FD_CACHE_MAX (see `FdCache::budget`).
+pub const FD_CACHE_MAX: u64 = 4096;
 /// Cached segment descriptors kept above the soft limit (where the hard limit
 /// leaves room), so that a process going round many segments maps each without
 /// reopening it, at no cost to the descriptors the program may open itself.
 pub const FD_CACHE_ABOVE: u64 = 16384;
+/// When the cache is full, one miss in this many replaces a cached descriptor
+/// picked at random (the others use their descriptor for one attach): the cache
+/// follows a working set that moves, at little cost to one that is too large.
+const FD_REPLACE_EVERY: u32 = 8;
 
 pub use crate::frags::{Frag, FL_DONTDUMP, FL_DONTFORK};
 
@@ -75,6 +80,32 @@ impl Drop for HeldFd {
     }
 }
 
+/// The file offset every open file of a segment's memfd is given (by the server
+/// when it makes the memfd, by a process for a file it opened itself): from the
+/// inode number, in [2^50, 2^51). Nothing reads or writes a memfd at its offset,
+/// so the offset stays; `lseek(fd, 0, SEEK_CUR)` returning it tells, without an
+/// fstat, that a cached number still holds the segment's file and not one the
+/// program put there (a program's own file would have to sit at this offset).
+pub fn fd_tag(ino: u64) -> i64 {
+    let mut x = ino ^ 0x5348_4d53_4849_4d00;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    ((1u64 << 50) | (x >> 14)) as i64
+}
+
+/// Gives an open file of the memfd with inode `ino` its tag offset (see
+/// `fd_tag`), unless it has it.
+pub fn tag_fd(fd: RawFd, ino: u64) {
+    if !has_tag(fd, ino) {
+        let _ = sys::lseek(fd, fd_tag(ino), libc::SEEK_SET);
+    }
+}
+
+fn has_tag(fd: RawFd, ino: u64) -> bool {
+    sys::lseek(fd, 0, libc::SEEK_CUR) == Ok(fd_tag(ino))
+}
+
 /// A cached descriptor of a segment (read-write, and a read-only reopen once needed).
 pub struct CachedFd {
     pub slot: usize,
@@ -86,6 +117,8 @@ pub struct CachedFd {
     pub ro: Option<RawFd>,
     /// At or above the soft RLIMIT_NOFILE (see FD_CACHE_ABOVE).
     pub above: bool,
+    /// The file is known to be at least this long (a segment's size never changes).
+    pub len: u64,
 }
 
 impl CachedFd {
@@ -93,6 +126,13 @@ impl CachedFd {
     /// inode): a program that closes descriptors it did not open may have reused it.
     fn ours(&self, fd: RawFd) -> Option<libc::stat> {
         sys::fstat(fd).ok().filter(|st| st.st_ino == self.ino && st.st_dev == self.dev)
+    }
+
+    /// Whether `fd` still names the segment's memfd, by its tag offset (one cheap
+    /// lseek), else by fstat (then tagged again: the program may have put another
+    /// open file of the same memfd there).
+    fn still_ours(&self, fd: RawFd) -> bool {
+        has_tag(fd, self.ino) || self.ours(fd).map(|_| tag_fd(fd, self.ino)).is_some()
     }
 
     /// Frees the memory of a destroyed segment now, as the kernel does when it
@@ -112,6 +152,107 @@ impl Drop for CachedFd {
                 sys::close(fd);
             }
         }
+    }
+}
+
+/// The process's cached segment descriptors by serial, with the count of those
+/// below the soft RLIMIT_NOFILE (kept as entries come and go, so a miss does not
+/// count them).
+pub struct FdCache {
+    map: std::collections::BTreeMap<u64, CachedFd>,
+    below: usize,
+    /// (soft RLIMIT_NOFILE, when read): read again after a second.
+    soft: (u64, i64),
+    /// Xorshift state for picking what a full cache replaces.
+    rand: u32,
+}
+
+impl FdCache {
+    pub const fn new() -> FdCache {
+        FdCache { map: std::collections::BTreeMap::new(), below: 0, soft: (0, i64::MIN), rand: 0x9e37_79b9 }
+    }
+
+    pub fn get(&self, serial: &u64) -> Option<&CachedFd> {
+        self.map.get(serial)
+    }
+
+    pub fn get_mut(&mut self, serial: &u64) -> Option<&mut CachedFd> {
+        self.map.get_mut(serial)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Drops (and closes, if still ours) the entry of `serial`.
+    pub fn remove(&mut self, serial: &u64) -> Option<CachedFd> {
+        let c = self.map.remove(serial)?;
+        self.below -= usize::from(!c.above);
+        Some(c)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&u64, &CachedFd) -> bool) {
+        let mut below = 0;
+        self.map.retain(|k, c| {
+            let kept = keep(k, c);
+            below += usize::from(kept && !c.above);
+            kept
+        });
+        self.below = below;
+    }
+
+    fn insert(&mut self, serial: u64, c: CachedFd) {
+        self.below += usize::from(!c.above);
+        if let Some(old) = self.map.insert(serial, c) {
+            self.below -= usize::from(!old.above);
+        }
+    }
+
+    /// How many descriptors may be cached below the soft limit `soft`: a
+    /// sixteenth of it, an eighth of a limit up to 256 (32 there), at most
+    /// FD_CACHE_MAX. A program near its limit loses no more than that to us.
+    pub fn budget(soft: u64) -> usize {
+        if soft == libc::RLIM_INFINITY {
+            return FD_CACHE_MAX as usize;
+        }
+        (soft / 16).max(soft.min(256) / 8).min(FD_CACHE_MAX) as usize
+    }
+
+    /// Whether another descriptor fits below the soft limit (read at most once
+    /// a second).
+    fn room_below(&mut self) -> bool {
+        let now = sys::now();
+        if self.soft.1 != now {
+            self.soft = (sys::rlimit_nofile().0, now);
+        }
+        self.below < Self::budget(self.soft.0)
+    }
+
+    /// One miss in FD_REPLACE_EVERY: drops a cached descriptor below the soft
+    /// limit picked at random, making room for another. False otherwise.
+    fn replace_one(&mut self) -> bool {
+        let mut x = self.rand;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rand = x;
+        if !x.is_multiple_of(FD_REPLACE_EVERY) || self.below == 0 {
+            return false;
+        }
+        let (Some((&lo, _)), Some((&hi, _))) = (self.map.first_key_value(), self.map.last_key_value()) else { return false };
+        let from = lo + u64::from(x >> 3) % (hi - lo + 1);
+        let victim = self.map.range(from..).chain(self.map.range(..from)).find(|(_, c)| !c.above).map(|(&k, _)| k);
+        victim.map(|k| self.remove(&k)).is_some()
+    }
+}
+
+impl Default for FdCache {
+    fn default() -> FdCache {
+        FdCache::new()
     }
 }
 
@@ -161,7 +302,7 @@ pub struct Local {
     pub pending: Option<HeldFd>,
     pub attaches: Vec<Attach>,
     /// Cached descriptors by segment serial.
-    pub fds: std::collections::BTreeMap<u64, CachedFd>,
+    pub fds: FdCache,
     /// Last registry destroy_epoch this process swept its cache at.
     pub epoch: u64,
     /// The pid `me` was registered for: a child made by a raw fork/clone (no hook
@@ -176,16 +317,8 @@ pub struct Local {
 
 /// This process's state. A fork-safe mutex: `fork` holds it across the real fork
 /// while other threads may be waiting for it.
-pub static LOCAL: FsMutex<Local> = FsMutex::new(Local {
-    me: None,
-    conn: None,
-    pending: None,
-    attaches: Vec::new(),
-    fds: std::collections::BTreeMap::new(),
-    epoch: 0,
-    pid: 0,
-    unbooked: Vec::new(),
-});
+pub static LOCAL: FsMutex<Local> =
+    FsMutex::new(Local { me: None, conn: None, pending: None, attaches: Vec::new(), fds: FdCache::new(), epoch: 0, pid: 0, unbooked: Vec::new() });
 
 /// The shared epoll descriptor (-1: not connected), readable without LOCAL.
 pub static EPFD: AtomicI32 = AtomicI32::new(-1);
@@ -432,48 +565,59 @@ impl Local {
     }
 
     /// A validated cached descriptor for `serial` (rdonly: a read-only reopen),
-    /// its file at least `size` bytes long.
+    /// its file at least `size` bytes long: one lseek where the number holds the
+    /// file it was given (see `fd_tag`) and its length is known.
     pub fn cached_fd(&mut self, serial: u64, ino: u64, size: u64, rdonly: bool) -> Option<RawFd> {
-        let (rw, _) = self.cached_rw(serial, ino, size)?;
-        if !rdonly {
-            return Some(rw);
+        let c = self.fds.get_mut(&serial)?;
+        let known = c.ino == ino && c.len >= size && c.still_ours(c.rw);
+        if !known {
+            let (_, st) = self.cached_rw(serial, ino, size)?;
+            let c = self.fds.get_mut(&serial)?;
+            c.len = (st.st_size as u64).max(size);
+            tag_fd(c.rw, ino);
         }
         let c = self.fds.get_mut(&serial)?;
+        if !rdonly {
+            return Some(c.rw);
+        }
         if let Some(ro) = c.ro {
-            if c.ours(ro).is_some() {
+            if c.still_ours(ro) {
                 return Some(ro);
             }
             c.ro = None; // not ours any more: forget it
         }
-        let ro = reopen(c.rw, libc::O_RDONLY).ok()?;
-        c.ro = Some(high_fd(ro).into_raw_fd());
+        let ro = high_fd(reopen(c.rw, libc::O_RDONLY).ok()?).into_raw_fd();
+        tag_fd(ro, ino);
+        c.ro = Some(ro);
         c.ro
     }
 
     /// Caches a descriptor of segment `serial` (a memfd opened read-write; the
     /// read-only reopen is made when first needed). The kernel's shm calls cost
-    /// the caller no descriptor: at most FD_CACHE of ours sit below the soft
-    /// RLIMIT_NOFILE, the rest above it where the hard limit leaves room.
+    /// the caller no descriptor: at most `FdCache::budget` of ours sit below the
+    /// soft RLIMIT_NOFILE, the rest above it where the hard limit leaves room.
     /// Returns the descriptor if there was no room to keep it (the caller uses
     /// it once). `st`: its status, if the caller has it already.
     pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd, st: Option<libc::stat>) -> Option<OwnedFd> {
         self.fds.remove(&serial);
-        let dev = match st.map_or_else(|| sys::fstat(fd.as_raw_fd()), Ok) {
-            Ok(st) if st.st_ino == ino => st.st_dev,
+        let (dev, len) = match st.map_or_else(|| sys::fstat(fd.as_raw_fd()), Ok) {
+            Ok(st) if st.st_ino == ino => (st.st_dev, st.st_size as u64),
             _ => return Some(fd),
         };
-        let below = self.fds.values().filter(|c| !c.above).count();
-        let (fd, above) = if below < FD_CACHE {
+        let (fd, above) = if self.fds.room_below() {
             (high_fd(fd), false)
         } else {
             match above_limit_fd(fd) {
                 Ok(fd) => (fd, true),
-                // No room: the caller uses it once (cheaper than turning the
-                // cache over when a process goes round more segments than it holds).
+                // No room above: now and then one replaces a cached descriptor;
+                // else the caller uses it once (cheaper than turning the cache
+                // over when a process goes round more segments than it holds).
+                Err(fd) if self.fds.replace_one() => (high_fd(fd), false),
                 Err(fd) => return Some(fd),
             }
         };
-        self.fds.insert(serial, CachedFd { slot, ino, dev, rw: fd.into_raw_fd(), ro: None, above });
+        tag_fd(fd.as_raw_fd(), ino);
+        self.fds.insert(serial, CachedFd { slot, ino, dev, rw: fd.into_raw_fd(), ro: None, above, len });
         None
     }
 

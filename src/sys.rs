@@ -319,6 +319,12 @@ pub fn memfd_create(name: &CStr, flags: u32) -> SysResult<OwnedFd> {
     }
 }
 
+/// lseek(2): the new offset.
+pub fn lseek(fd: RawFd, off: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain syscall on a descriptor; no memory is passed.
+    check(unsafe { libc::lseek(fd, off, whence) } as libc::c_long)
+}
+
 pub fn ftruncate(fd: RawFd, len: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a descriptor; no memory is passed.
     retry(|| check(unsafe { libc::ftruncate(fd, len as i64) } as libc::c_long).map(|_| ()))
