@@ -1,6 +1,7 @@
 //! The SysV shm semantics over the locked registry, one function per lifecycle
 //! step as in Linux `ipc/shm.c`: [`newseg_plan`]/[`newseg_publish`] (newseg),
-//! [`lookup_checks`], [`shmat_hold`] and [`shmat_done`] (do_shmat),
+//! [`lookup_checks`], [`shmat_begin`] and [`shmat_failed`] (do_shmat; the
+//! server's attaches for shared-namespace clients: [`shmat_hold`], [`shmat_done`]),
 //! [`shm_open_frags`]/[`shm_close_frags`] (shm_open, shm_close), [`shm_destroy`],
 //! [`detach_proc`] and [`apply_death`] (exit_shm), and [`shmctl_locked`]
 //! dispatching to one function per command. Each step takes the registry guard
@@ -432,6 +433,34 @@ pub fn shmat_done(g: &mut RegGuard, me: usize, slot: usize, serial: u64, ok: boo
         g.rec_sub(me, slot, 1);
         maybe_destroy(g, slot);
     }
+}
+
+/// `shmat_hold` and, ahead of the mapping, what shm_open records when it exists
+/// (S51: atime, lpid), so that an attach that maps takes the lock once. Returns
+/// the hold and the (atime, lpid) it replaced, for `shmat_failed`.
+pub fn shmat_begin(g: &mut RegGuard, creds: &mut Creds, me: usize, id: i32, acc: i32, pid: i32) -> SysResult<(SegInfo, (i64, i32))> {
+    let info = shmat_hold(g, creds, me, id, acc)?;
+    let s = g.slot(info.slot);
+    let prev = (s.atime.get(), s.lpid.get());
+    s.atime.set(sys::now());
+    s.lpid.set(pid);
+    Ok((info, prev))
+}
+
+/// An attach begun by `shmat_begin` whose mapping failed: the hold goes (and a
+/// SHM_DEST segment may go with it; S64: nattch unchanged), and atime and lpid
+/// are put back unless another attach has set them since.
+pub fn shmat_failed(g: &mut RegGuard, me: usize, slot: usize, serial: u64, prev: (i64, i32), pid: i32) {
+    let s = g.slot(slot);
+    if !s.is_used() || s.serial.get() != serial {
+        return;
+    }
+    if s.lpid.get() == pid && s.atime.get() >= prev.0 {
+        s.atime.set(prev.0);
+        s.lpid.set(prev.1);
+    }
+    g.rec_sub(me, slot, 1);
+    maybe_destroy(g, slot);
 }
 
 /// shm_open for `n` new VMAs of one attach (splits, mremap copies, fork).

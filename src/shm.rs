@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::{
-    self, book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_done, shmat_hold, shmctl_locked, take_pooled, GetParams, Holder, SegInfo, Sysctl,
+    self, book, einval, lookup_checks, newseg_plan, newseg_publish, shmat_begin, shmat_failed, shmctl_locked, take_pooled, GetParams, Holder, SegInfo, Sysctl,
     FILL_WAIT,
 };
 pub use crate::lifecycle::{
@@ -218,8 +218,8 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     local.sweep_fds(&ns.reg);
     let mut creds = Creds::current();
     let mut waited = None;
-    let info = loop {
-        let held = shmat_hold(&mut ns.reg.lock_bounded()?, &mut creds, me, id, acc);
+    let (info, prev) = loop {
+        let held = shmat_begin(&mut ns.reg.lock_bounded()?, &mut creds, me, id, acc, pid);
         match held {
             // The segment's only other attacher is zero-filling it (populate_read,
             // a few milliseconds): it may begin once that is done, as bounded as a
@@ -230,11 +230,12 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
         }
     };
     let res = segment_fd(&mut local, ns, &info, flg & SHM_RDONLY != 0).and_then(|(fd, _keep)| map_segment(fd, &info, addr, fixed, flg, prot));
-    match ns.reg.lock_bounded() {
-        Ok(mut g) => shmat_done(&mut g, me, info.slot, info.serial, res.is_ok(), pid),
-        // The hold goes with the next booking (atime and lpid stay as they were).
-        Err(_) if res.is_err() => local.unbooked.push((info.slot, info.serial, 0, 1)),
-        Err(_) => {}
+    if res.is_err() {
+        match ns.reg.lock_bounded() {
+            Ok(mut g) => shmat_failed(&mut g, me, info.slot, info.serial, prev, pid),
+            // The hold goes with the next booking (atime and lpid stay as set).
+            Err(_) => local.unbooked.push((info.slot, info.serial, 0, 1)),
+        }
     }
     let at = res?;
     attached(&mut local, ns, &info, at, flg, prot);
