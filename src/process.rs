@@ -80,8 +80,9 @@ impl Drop for HeldFd {
     }
 }
 
-/// The file offset every open file of a segment's memfd is given (by the server
-/// when it makes the memfd, by a process for a file it opened itself): from the
+/// The file offset every open file of a segment's memfd is given once the memfd
+/// has its size (by the server when it makes and sizes the memfd, by the process
+/// that sizes a pooled one, by a process for a file it opened itself): from the
 /// inode number, in [2^50, 2^51). Nothing reads or writes a memfd at its offset,
 /// so the offset stays; `lseek(fd, 0, SEEK_CUR)` returning it tells, without an
 /// fstat, that a cached number still holds the segment's file and not one the
@@ -95,14 +96,21 @@ pub fn fd_tag(ino: u64) -> i64 {
 }
 
 /// Gives an open file of the memfd with inode `ino` its tag offset (see
-/// `fd_tag`), unless it has it.
+/// `fd_tag`), unless it has it. Only a memfd sized for its segment is tagged
+/// (a pooled memfd gets its tag from the process that sizes it), so a tag also
+/// says the file is long enough to map.
 pub fn tag_fd(fd: RawFd, ino: u64) {
     if !has_tag(fd, ino) {
-        let _ = sys::lseek(fd, fd_tag(ino), libc::SEEK_SET);
+        set_tag(fd, ino);
     }
 }
 
-fn has_tag(fd: RawFd, ino: u64) -> bool {
+/// `tag_fd` for a file known to lack the tag (just made or just sized).
+pub fn set_tag(fd: RawFd, ino: u64) {
+    let _ = sys::lseek(fd, fd_tag(ino), libc::SEEK_SET);
+}
+
+pub fn has_tag(fd: RawFd, ino: u64) -> bool {
     sys::lseek(fd, 0, libc::SEEK_CUR) == Ok(fd_tag(ino))
 }
 
@@ -598,12 +606,8 @@ impl Local {
     /// soft RLIMIT_NOFILE, the rest above it where the hard limit leaves room.
     /// Returns the descriptor if there was no room to keep it (the caller uses
     /// it once). `st`: its status, if the caller has it already.
-    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd, st: Option<libc::stat>) -> Option<OwnedFd> {
+    pub fn cache_fd(&mut self, slot: usize, serial: u64, ino: u64, fd: OwnedFd, st: Option<libc::stat>, len: u64) -> Option<OwnedFd> {
         self.fds.remove(&serial);
-        let (dev, len) = match st.map_or_else(|| sys::fstat(fd.as_raw_fd()), Ok) {
-            Ok(st) if st.st_ino == ino => (st.st_dev, st.st_size as u64),
-            _ => return Some(fd),
-        };
         let (fd, above) = if self.fds.room_below() {
             (high_fd(fd), false)
         } else {
@@ -615,6 +619,12 @@ impl Local {
                 Err(fd) if self.fds.replace_one() => (high_fd(fd), false),
                 Err(fd) => return Some(fd),
             }
+        };
+        // The device, which the caller's check by tag did not need: what Drop and
+        // emptying compare before they act on the number.
+        let (dev, len) = match st.map_or_else(|| sys::fstat(fd.as_raw_fd()), Ok) {
+            Ok(st) if st.st_ino == ino => (st.st_dev, (st.st_size as u64).max(len)),
+            _ => return Some(fd),
         };
         tag_fd(fd.as_raw_fd(), ino);
         self.fds.insert(serial, CachedFd { slot, ino, dev, rw: fd.into_raw_fd(), ro: None, above, len });
@@ -669,7 +679,7 @@ impl Local {
 /// fault). `st` is its fstat. False if it cannot be sized (a read-only
 /// descriptor of an unsized file: the server sizes what it hands out).
 pub fn sized(fd: RawFd, st: &libc::stat, size: u64) -> bool {
-    st.st_size as u64 >= size || sys::set_size(fd, size).is_ok()
+    st.st_size as u64 >= size || sys::set_size(fd, size).map(|_| set_tag(fd, st.st_ino)).is_ok()
 }
 
 /// Reopens a descriptor through /proc/self/fd with other access flags: a read-only

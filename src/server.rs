@@ -169,7 +169,6 @@ impl Background {
             worked = true;
             let Ok(fd) = sys::memfd_create(c"SYSV", libc::MFD_CLOEXEC) else { return worked };
             let Ok(st) = sys::fstat(fd.as_raw_fd()) else { return worked };
-            crate::process::tag_fd(fd.as_raw_fd(), st.st_ino);
             let n = fd.as_raw_fd();
             // The entry is reserved (-1 reads as claimed to creators) while its
             // inode is written, and the descriptor is handed over before it is
@@ -855,7 +854,7 @@ impl Server {
         let fd = sys::memfd_create(c"SYSV", flags).map_err(|e| Errno(if matches!(e.0, libc::EMFILE | libc::ENFILE) { libc::ENFILE } else { libc::ENOMEM }))?;
         sys::set_size(fd.as_raw_fd(), len).map_err(|_| Errno(libc::ENOMEM))?;
         let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
-        crate::process::tag_fd(fd.as_raw_fd(), ino);
+        crate::process::set_tag(fd.as_raw_fd(), ino);
         Ok((fd, ino))
     }
 

@@ -121,7 +121,7 @@ fn create_local(local: &mut Local, ns: &Namespace, creds: &mut Creds, p: &GetPar
             let mut named = Msg::new(proto::NAMED);
             (named.a, named.b, named.c) = (server_fd as u32 as u64, serial, idx as u64);
             process::notify(&named);
-            let _ = local.cache_fd(idx, serial, ino, fd, None);
+            let _ = local.cache_fd(idx, serial, ino, fd, None, plan.file_len);
             return Ok(id);
         }
         let gen_ok = local.conn.as_ref().map(|c| c.server_gen) == Some(g.hdr().server_gen.get());
@@ -334,8 +334,14 @@ fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -
     if let Some(fd) = local.cached_fd(info.serial, info.ino, info.file_len, rdonly) {
         return Ok((fd, None));
     }
-    // The segment's memfd, sized: its status.
-    let is_seg = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).ok().filter(|st| st.st_ino == info.ino && process::sized(f.as_raw_fd(), st, info.file_len));
+    // The segment's memfd, sized: its tag says both (see process::fd_tag), else
+    // its status does (the memfd is sized here if it has no size yet).
+    let is_seg = |f: &OwnedFd| {
+        if process::has_tag(f.as_raw_fd(), info.ino) {
+            return Some(None);
+        }
+        sys::fstat(f.as_raw_fd()).ok().filter(|st| st.st_ino == info.ino && process::sized(f.as_raw_fd(), st, info.file_len)).map(Some)
+    };
     let from_proc = info.server_fd.and_then(|n| local.conn.as_ref()?.server_fd(n)).and_then(|fd| Some((is_seg(&fd)?, fd)));
     let (st, fd) = match from_proc {
         Some(found) => found,
@@ -348,7 +354,7 @@ fn segment_fd(local: &mut Local, ns: &Namespace, info: &SegInfo, rdonly: bool) -
             (st, fd)
         }
     };
-    if let Some(fd) = local.cache_fd(info.slot, info.serial, info.ino, fd, Some(st)) {
+    if let Some(fd) = local.cache_fd(info.slot, info.serial, info.ino, fd, st, info.file_len) {
         // No room to keep it: this attach uses it once.
         if rdonly {
             let ro = process::reopen(fd.as_raw_fd(), libc::O_RDONLY | libc::O_CLOEXEC)?;
