@@ -435,29 +435,37 @@ pub fn shmat_done(g: &mut RegGuard, me: usize, slot: usize, serial: u64, ok: boo
     }
 }
 
+/// What `shmat_begin` replaced and wrote, for `shmat_failed` to put back.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachMark {
+    atime: i64,
+    lpid: i32,
+    /// The atime written (with this process's pid as lpid).
+    set: i64,
+}
+
 /// `shmat_hold` and, ahead of the mapping, what shm_open records when it exists
-/// (S51: atime, lpid), so that an attach that maps takes the lock once. Returns
-/// the hold and the (atime, lpid) it replaced, for `shmat_failed`.
-pub fn shmat_begin(g: &mut RegGuard, creds: &mut Creds, me: usize, id: i32, acc: i32, pid: i32) -> SysResult<(SegInfo, (i64, i32))> {
+/// (S51: atime, lpid), so that an attach that maps takes the lock once.
+pub fn shmat_begin(g: &mut RegGuard, creds: &mut Creds, me: usize, id: i32, acc: i32, pid: i32) -> SysResult<(SegInfo, AttachMark)> {
     let info = shmat_hold(g, creds, me, id, acc)?;
     let s = g.slot(info.slot);
-    let prev = (s.atime.get(), s.lpid.get());
-    s.atime.set(sys::now());
+    let mark = AttachMark { atime: s.atime.get(), lpid: s.lpid.get(), set: sys::now() };
+    s.atime.set(mark.set);
     s.lpid.set(pid);
-    Ok((info, prev))
+    Ok((info, mark))
 }
 
 /// An attach begun by `shmat_begin` whose mapping failed: the hold goes (and a
 /// SHM_DEST segment may go with it; S64: nattch unchanged), and atime and lpid
-/// are put back unless another attach has set them since.
-pub fn shmat_failed(g: &mut RegGuard, me: usize, slot: usize, serial: u64, prev: (i64, i32), pid: i32) {
+/// are put back unless another attach has written them since.
+pub fn shmat_failed(g: &mut RegGuard, me: usize, slot: usize, serial: u64, mark: AttachMark, pid: i32) {
     let s = g.slot(slot);
     if !s.is_used() || s.serial.get() != serial {
         return;
     }
-    if s.lpid.get() == pid && s.atime.get() >= prev.0 {
-        s.atime.set(prev.0);
-        s.lpid.set(prev.1);
+    if s.lpid.get() == pid && s.atime.get() == mark.set {
+        s.atime.set(mark.atime);
+        s.lpid.set(mark.lpid);
     }
     g.rec_sub(me, slot, 1);
     maybe_destroy(g, slot);

@@ -140,7 +140,7 @@ impl CachedFd {
     /// lseek), else by fstat (then tagged again: the program may have put another
     /// open file of the same memfd there).
     fn still_ours(&self, fd: RawFd) -> bool {
-        has_tag(fd, self.ino) || self.ours(fd).map(|_| tag_fd(fd, self.ino)).is_some()
+        has_tag(fd, self.ino) || self.ours(fd).map(|_| set_tag(fd, self.ino)).is_some()
     }
 
     /// Frees the memory of a destroyed segment now, as the kernel does when it
@@ -186,14 +186,6 @@ impl FdCache {
 
     pub fn get_mut(&mut self, serial: &u64) -> Option<&mut CachedFd> {
         self.map.get_mut(serial)
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// Drops (and closes, if still ours) the entry of `serial`.
@@ -577,14 +569,14 @@ impl Local {
     /// file it was given (see `fd_tag`) and its length is known.
     pub fn cached_fd(&mut self, serial: u64, ino: u64, size: u64, rdonly: bool) -> Option<RawFd> {
         let c = self.fds.get_mut(&serial)?;
-        let known = c.ino == ino && c.len >= size && c.still_ours(c.rw);
-        if !known {
-            let (_, st) = self.cached_rw(serial, ino, size)?;
-            let c = self.fds.get_mut(&serial)?;
-            c.len = (st.st_size as u64).max(size);
-            tag_fd(c.rw, ino);
+        // (`len` is at least the segment's file length from the moment it is
+        // cached: cache_fd is given it.)
+        if c.ino != ino || c.len < size || !c.still_ours(c.rw) {
+            // The program closed or replaced our descriptor: Drop will not
+            // close a number that is no longer ours.
+            self.fds.remove(&serial);
+            return None;
         }
-        let c = self.fds.get_mut(&serial)?;
         if !rdonly {
             return Some(c.rw);
         }
@@ -595,7 +587,7 @@ impl Local {
             c.ro = None; // not ours any more: forget it
         }
         let ro = high_fd(reopen(c.rw, libc::O_RDONLY).ok()?).into_raw_fd();
-        tag_fd(ro, ino);
+        set_tag(ro, ino); // a new open file: untagged
         c.ro = Some(ro);
         c.ro
     }

@@ -218,7 +218,7 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     local.sweep_fds(&ns.reg);
     let mut creds = Creds::current();
     let mut waited = None;
-    let (info, prev) = loop {
+    let (info, mark) = loop {
         let held = shmat_begin(&mut ns.reg.lock_bounded()?, &mut creds, me, id, acc, pid);
         match held {
             // The segment's only other attacher is zero-filling it (populate_read,
@@ -232,7 +232,7 @@ pub fn do_shmat(id: i32, shmaddr: usize, flg: i32) -> SysResult<usize> {
     let res = segment_fd(&mut local, ns, &info, flg & SHM_RDONLY != 0).and_then(|(fd, _keep)| map_segment(fd, &info, addr, fixed, flg, prot));
     if res.is_err() {
         match ns.reg.lock_bounded() {
-            Ok(mut g) => shmat_failed(&mut g, me, info.slot, info.serial, prev, pid),
+            Ok(mut g) => shmat_failed(&mut g, me, info.slot, info.serial, mark, pid),
             // The hold goes with the next booking (atime and lpid stay as set).
             Err(_) => local.unbooked.push((info.slot, info.serial, 0, 1)),
         }
