@@ -40,6 +40,11 @@ int main(void)
     A("S58", shmat(two, reg + 2 * PAGE + 7, SHM_RND), NULL);
     print_nattch("S58 unchanged", "one", one);
     print_nattch("S58 unchanged", "two", two);
+    /* a failed attach of a segment never attached leaves its atime and lpid 0 */
+    int three = T("setup", shmget(IPC_PRIVATE, PAGE, 0600));
+    A("S58", shmat(three, reg + 2 * PAGE, 0), NULL);
+    stat_short("S58 unchanged", "three", three);
+    T("cleanup", shmctl(three, IPC_RMID, NULL));
     /* adjacent is fine */
     char *adj = A("S58", shmat(two, reg, 0), reg);
     if (adj != FAILED) T("S58", shmdt(adj));
